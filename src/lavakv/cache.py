@@ -150,7 +150,7 @@ class CompressedCache(Cache):
         text_config = config.get_text_config(decoder=True)
         layer_types, per_layer_kwargs = get_layer_types_and_kwargs(text_config)
         layers = []
-        for layer_type, kwargs in zip(layer_types, per_layer_kwargs):
+        for layer_type, kwargs in zip(layer_types, per_layer_kwargs, strict=False):
             if layer_type == "full_attention":
                 layers.append(CompressedLayer())
             else:

@@ -162,7 +162,9 @@ def method(
             f"valid: {', '.join(sorted(defaults)) or 'none'}"
         )
     if params.get("floor_from", "layer") not in ("layer", "configured"):
-        raise ValueError(f"floor_from must be 'layer' (paper) or 'configured' (reference code), got {params['floor_from']!r}")
+        raise ValueError(
+            f"floor_from must be 'layer' (paper) or 'configured' (reference code), got {params['floor_from']!r}"
+        )
     if not 0.0 <= float(params.get("alpha", 0.0)) < 1.0:
         raise ValueError(f"alpha (adaptive-head floor fraction) must be in [0, 1), got {params['alpha']}")
     resolved = {**defaults, **params}

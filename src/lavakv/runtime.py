@@ -17,14 +17,22 @@ from dataclasses import dataclass, field
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from lavakv.attention import ATTENTION_NAME, ROUTES, dense_mask, flash_varlen_attention, flash_varlen_available
-from lavakv.attention import ragged_attention, register, tail_mask
+from lavakv.attention import (
+    ATTENTION_NAME,
+    ROUTES,
+    dense_mask,
+    flash_varlen_attention,
+    flash_varlen_available,
+    ragged_attention,
+    register,
+    tail_mask,
+)
 from lavakv.budget import budget_per_row, rows_to_compress
 from lavakv.cache import CompressedCache, CompressedLayer
 from lavakv.methods import Method
-from lavakv.support import check_supported
 from lavakv.scorers import SCORERS, ScoringInputs
 from lavakv.storage import compact
+from lavakv.support import check_supported
 
 logger = logging.getLogger(__name__)
 
@@ -243,7 +251,7 @@ class Session:
         state.candidates[layer_idx] = _Candidates(None, scores)
         total = mean * len(layers)
         budgets = allocation.budgets(torch.stack(state.statistics), total)  # [seen, b]
-        for j, budget in zip(state.observed, budgets):
+        for j, budget in zip(state.observed, budgets, strict=False):
             previous = state.budgets.get(j)
             state.budgets[j] = budget
             if j != layer_idx and previous is not None and torch.equal(previous, budget):

@@ -87,7 +87,7 @@ class EntropyCascade:
     def statistic(self, inputs: ScoringInputs, scores: torch.Tensor) -> torch.Tensor:
         """``[batch]`` normalised entropy of the layer's flattened prefix scores."""
         valid_prefix = inputs.valid & ~inputs.window_mask()[None, :]
-        return normalized_entropy(scores, valid_prefix)
+        return normalized_entropy(scores, valid_prefix, prefix_len=inputs.tokens - inputs.window)
 
     budgets = staticmethod(proportional_budgets)
 

@@ -12,4 +12,5 @@ def knorm_scores(inputs: ScoringInputs) -> torch.Tensor:
 
     Returns float32 ``[batch, kv_heads, tokens]``: +inf on the window, -inf on padding.
     """
-    return inputs.finalize(-torch.linalg.vector_norm(inputs.keys.float(), ord=2, dim=-1))
+    norms = torch.linalg.vector_norm(inputs.keys, ord=2, dim=-1, dtype=torch.float32)  # [b, h_kv, n]
+    return inputs.finalize(-norms)

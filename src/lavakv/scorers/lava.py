@@ -38,7 +38,7 @@ def lava_scores(
     counted = inputs.valid  # [b, n]
     if value_norm_range == "prefix":
         counted = counted & ~inputs.window_mask()[None, :]
-    norms = inputs.values.float().abs().sum(dim=-1)  # [b, h_kv, n] L1 norms
+    norms = torch.linalg.vector_norm(inputs.values, ord=1, dim=-1, dtype=torch.float32)  # [b, h_kv, n] L1 norms
     norms = norms.masked_fill(~counted[:, None, :], 0.0)  # norms are >= 0, so 0 never wins over a real one
     value_factor = norms.amax(dim=-1, keepdim=True)  # [b, h_kv, 1]
     return inputs.finalize(scores * value_factor)

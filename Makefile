@@ -1,0 +1,33 @@
+# lavakv: the two commands are `make demo` (set up + run the main job) and `make test` (set up + pass the tests).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: setup models test lint demo bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	# torch first, pinned to the CPU build these machines carry; the project accepts torch>=2.4
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e '.[dev,gguf,plots]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+models: setup
+	PYTHON="$(PY)" bash scripts/install_models.sh smollm2-135m
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+
+test: setup models
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(PY) -m pytest -q
+
+demo: setup models
+	$(VENV)/bin/lavakv demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
