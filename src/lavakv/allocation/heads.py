@@ -58,14 +58,15 @@ def adaptive_heads(
     Head g keeps the entries it won (count_g). With a floor fraction ``alpha`` > 0 (Ada-KV's safeguard,
     METHODS.md §2): cap_g = round((1 - alpha) * count_g + floor), floor = floor(alpha * B), where B is ``budget``
     (paper convention) or ``floor_budget`` when given (reference-code convention: the configured B - w); head g
-    then keeps its own top cap_g. With ``budget >= 1`` no head is left without a prefix token: an empty head takes
-    its best token in place of the weakest entry of a head that holds more than one.
+    then keeps its own top cap_g, and at least one token when ``budget >= 1`` (the floor can be 0 for small B).
+    With ``alpha`` = 0 and ``budget >= 1`` no head is left without a prefix token either: an empty head takes its
+    best token in place of the weakest entry of a head that holds more than one, so the total stays H * B.
 
     Args:
         scores: ``[batch, kv_heads, tokens]``.
         budget: ``[batch]`` int64 prefix tokens per head on average (B_l).
     """
-    keep, real_prefix = _base_keep(scores, window)
+    keep, _ = _base_keep(scores, window)
     b, h, n = scores.shape
     ranked = prefix_scores(scores, window)
     flat = ranked.reshape(b, 1, h * n)
@@ -75,7 +76,8 @@ def adaptive_heads(
         ref = budget if floor_budget is None else floor_budget
         floor = torch.floor(alpha * ref.double())[:, None]
         caps = torch.round((1.0 - alpha) * counts + floor).long()
-        won = top_per_head(ranked, torch.minimum(caps, real_prefix[:, None]))
+        caps = torch.where(budget[:, None] >= 1, caps.clamp_min(1), caps)  # no empty head when B_l >= 1
+        won = top_per_head(ranked, caps)  # a head never keeps more than its finite prefix entries (<= n - w)
     else:
         won = _fill_empty_heads(ranked, won, budget)
     return keep | won
