@@ -35,7 +35,10 @@ PRESETS: dict[str, tuple[str, str, str] | None] = {
     "lava-pyramid": ("lava", "pyramid", "adaptive"),
 }
 
-HEAD_PARAMS = {"alpha": 0.0, "floor_from": "layer"}  # adaptive heads: floor fraction and its reference budget
+# adaptive heads: Ada-KV floor fraction and its reference budget. With alpha > 0 under a cascade (lava, cake
+# layers) truncation starts from the floored kept set, which can differ from a one-shot allocation at the final
+# budget; alpha = 0 (the paper's default) is exact.
+HEAD_PARAMS = {"alpha": 0.0, "floor_from": "layer"}
 
 
 def _scorer_params(name: str) -> dict[str, Any]:
