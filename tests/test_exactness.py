@@ -158,3 +158,32 @@ def test_compressed_cache_matches_transformers_over_the_kept_entries():
         reference = model(question, attention_mask=torch.ones(2, 16, dtype=torch.long),
                           past_key_values=reference_cache, position_ids=positions).logits
     torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_one_prefill_for_many_methods_equals_separate_runs(family):
+    model = tiny_model(family, layers=4)
+    ids, mask = prompt(batch=2, length=90, pad=(0, 13))
+    methods = [lavakv.method(name, budget=24, window=4) for name in ("lava", "snapkv", "ada-snapkv", "cake")]
+    methods.append(lavakv.method("full"))
+    with methods[0].attach(model) as session:
+        shared, logits = session.prefill(ids, mask, methods)
+        for method, cache in zip(methods, shared):
+            alone = session.cache(method)
+            with torch.no_grad():
+                alone_logits = model(ids, attention_mask=mask, past_key_values=alone, logits_to_keep=1).logits[:, -1]
+            assert torch.equal(alone_logits, logits)
+            for a, b in zip(alone.layers, cache.layers):
+                if hasattr(a, "prompt_entries"):
+                    assert torch.equal(a.prompt_entries()[0], b.prompt_entries()[0])
+                    assert torch.equal(a.prompt_entries()[1], b.prompt_entries()[1])
+                else:
+                    assert torch.equal(a.keys, b.keys)
+            assert session.stats(alone).resident_kv_bytes == session.stats(cache).resident_kv_bytes
+            new_mask = torch.cat([mask, torch.ones(2, 6, dtype=mask.dtype)], dim=1)
+            full_ids = torch.cat([ids, torch.zeros(2, 6, dtype=ids.dtype)], dim=1)
+            outs = []
+            for c in (alone, cache):
+                outs.append(model.generate(full_ids[:, :91], attention_mask=new_mask[:, :91], past_key_values=c,
+                                           max_new_tokens=5, do_sample=False, pad_token_id=0))
+            assert torch.equal(outs[0], outs[1])

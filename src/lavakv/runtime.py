@@ -9,6 +9,7 @@ truncate earlier layers from the scores of their kept candidates only (METHODS.m
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 import weakref
@@ -85,6 +86,7 @@ class _Candidates:
 class _Prefill:
     """Per-cache state of one prefill."""
 
+    method: Method
     real_tokens: torch.Tensor | None = None  # [b]
     budget: torch.Tensor | None = None  # [b] B per row, window included
     active: torch.Tensor | None = None  # [b] rows that evict anything
@@ -137,15 +139,49 @@ class Session:
             self.model.set_attn_implementation(self._previous_impl)
             self._previous_impl = None
 
-    def cache(self) -> CompressedCache:
-        """A fresh compressed cache for one generation (pass it as ``past_key_values``)."""
+    def cache(self, method: Method | None = None) -> CompressedCache:
+        """A fresh compressed cache for one generation (pass it as ``past_key_values``).
+
+        ``method`` defaults to the session's; any method may be given, since decoding over a compressed cache
+        does not depend on how it was compressed.
+        """
         if not self._modules:
             raise RuntimeError("session.cache() must be called inside `with method.attach(model) as session:`")
         cache = CompressedCache(self.model.config)
-        cache.lavakv_prefill = _Prefill()
+        cache.lavakv_prefill = _Prefill(method or self.method)
+        cache.lavakv_followers = []
         self._caches.add(cache)
         self._last = cache
         return cache
+
+    def prefill(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, methods: list[Method]
+    ) -> tuple[list[CompressedCache], torch.Tensor]:
+        """One exact prefill that fills a compressed cache per method.
+
+        Prefill attention is exact whatever the method, so every layer's K/V, queries and hence scores are the
+        same for all methods: each layer is computed once and each cache compacts it with its own method. The
+        caches are identical to running each method alone.
+
+        Args:
+            input_ids: ``[batch, tokens]``; attention_mask: ``[batch, tokens]`` (left padding) or None.
+        Returns:
+            the caches (aligned with ``methods``) and the last prompt position's logits ``[batch, vocab]``.
+        """
+        if not methods:
+            raise ValueError("prefill needs at least one method")
+        caches = [self.cache(m) for m in methods]
+        caches[0].lavakv_followers = caches[1:]
+        with torch.no_grad():
+            logits = self.model(
+                input_ids, attention_mask=attention_mask, past_key_values=caches[0], logits_to_keep=1
+            ).logits[:, -1]
+        caches[0].lavakv_followers = []
+        for i, layer in enumerate(caches[0].layers):  # layers lavakv does not compress (e.g. sliding window)
+            if not isinstance(layer, CompressedLayer):
+                for follower in caches[1:]:
+                    follower.layers[i] = copy.deepcopy(layer)
+        return caches, logits
 
     def stats(self, cache: CompressedCache | None = None) -> SessionStats:
         """Statistics of ``cache`` (default: the last cache made by :meth:`cache`)."""
@@ -203,28 +239,30 @@ class Session:
         )
         out = sdpa_attention_forward(module, query, key, value, mask, **kwargs)
         if layer.prefill_pending:
-            layer.prefill_pending = False
-            if self.method.compresses:
+            valid = _valid_tokens(attention_mask, key)
+            shared: dict[int, ScoringInputs] = {}  # per window size: window attention computed once per layer
+            for target in (cache, *cache.lavakv_followers):
+                if target is not cache:
+                    target.layers[module.layer_idx].update(key, value)
+                target.layers[module.layer_idx].prefill_pending = False
+                state: _Prefill = target.lavakv_prefill
+                if state.real_tokens is None:
+                    state.real_tokens = valid.sum(-1)
+                if not state.method.compresses:
+                    continue
+                w = state.method.window
+                inputs = shared.setdefault(w, ScoringInputs(query, key, value, valid, float(scaling), w))
                 start = time.perf_counter()
                 with torch.no_grad():
-                    self._compress(cache, module.layer_idx, query, key, value, attention_mask, scaling)
-                cache.lavakv_prefill.seconds += time.perf_counter() - start
-            else:
-                self._note_real_tokens(cache, attention_mask, key)
+                    self._compress(target, module.layer_idx, inputs)
+                state.seconds += time.perf_counter() - start
         return out
 
     # -- compression --------------------------------------------------------------------------------------
-    def _note_real_tokens(self, cache: CompressedCache, attention_mask, key) -> torch.Tensor:
+    def _compress(self, cache: CompressedCache, layer_idx: int, inputs: ScoringInputs) -> None:
+        """Score one layer, update the layer budgets, and compact (or truncate) the affected layers."""
         state: _Prefill = cache.lavakv_prefill
-        valid = _valid_tokens(attention_mask, key)
-        if state.real_tokens is None:
-            state.real_tokens = valid.sum(-1)
-        return valid
-
-    def _compress(self, cache, layer_idx, query, key, value, attention_mask, scaling) -> None:
-        m = self.method
-        state: _Prefill = cache.lavakv_prefill
-        valid = self._note_real_tokens(cache, attention_mask, key)
+        m = state.method
         layers = cache.compressible_layers()
         if state.budget is None:
             state.budget = budget_per_row(state.real_tokens, m.budget, m.compression_ratio, m.window)
@@ -232,7 +270,6 @@ class Session:
         state.observed.append(layer_idx)
         if not bool(state.active.any()):
             return
-        inputs = ScoringInputs(query, key, value, valid, float(scaling), m.window)
         scores = SCORERS[m.scorer](inputs, **m.scorer_kwargs())
         allocation = m.layer_allocation()
         mean = (state.budget - m.window).clamp_min(0)  # [b] B - w
@@ -262,7 +299,7 @@ class Session:
 
     def _select(self, cache, layer_idx, scores, budget, state: _Prefill, keep_candidates: bool) -> None:
         """Keep the allocated entries of one layer; truncate if it was already compressed."""
-        m = self.method
+        m = state.method
         layer: CompressedLayer = cache.layers[layer_idx]
         candidates = state.candidates.get(layer_idx) if keep_candidates else None
         full = scores if candidates is None else candidates.full_scores()  # [b, h, n]
