@@ -168,12 +168,12 @@ def test_one_prefill_for_many_methods_equals_separate_runs(family):
     methods.append(lavakv.method("full"))
     with methods[0].attach(model) as session:
         shared, logits = session.prefill(ids, mask, methods)
-        for method, cache in zip(methods, shared):
+        for method, cache in zip(methods, shared, strict=False):
             alone = session.cache(method)
             with torch.no_grad():
                 alone_logits = model(ids, attention_mask=mask, past_key_values=alone, logits_to_keep=1).logits[:, -1]
             assert torch.equal(alone_logits, logits)
-            for a, b in zip(alone.layers, cache.layers):
+            for a, b in zip(alone.layers, cache.layers, strict=False):
                 if hasattr(a, "prompt_entries"):
                     assert torch.equal(a.prompt_entries()[0], b.prompt_entries()[0])
                     assert torch.equal(a.prompt_entries()[1], b.prompt_entries()[1])
