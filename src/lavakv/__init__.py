@@ -2,6 +2,7 @@
 savings, for Hugging Face causal language models."""
 
 from lavakv.cache import CompressedCache
+from lavakv.generation import GenerationResult, generate
 from lavakv.methods import Method, describe, list_methods, method
 from lavakv.runtime import Session, SessionStats
 
@@ -9,11 +10,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CompressedCache",
+    "GenerationResult",
     "Method",
     "Session",
     "SessionStats",
     "__version__",
     "describe",
+    "generate",
     "list_methods",
     "method",
 ]

@@ -76,17 +76,23 @@ def prompt_ids(tokenizer, context: str, question: str | None, *, answer_prefix: 
     """Token ids of the prompt: ``(whole, context_part, rest)`` with ``context_part + rest`` split after the context.
 
     ``whole`` is the prompt tokenized in one piece (query-aware); ``context_part`` and ``rest`` are tokenized apart
-    (query-agnostic), so their concatenation may differ from ``whole`` at the seam by a merge.
+    (query-agnostic), so their concatenation may differ from ``whole`` at the seam by a merge. With a chat
+    template, context and question are stripped of surrounding whitespace (templates often trim them).
     """
-    content = context if question is None else f"{context}\n\n{question}"
     if chat and getattr(tokenizer, "chat_template", None):
+        context, question = context.strip(), question.strip() if question is not None else None
+        content = context if question is None else f"{context}\n\n{question}"
         rendered = tokenizer.apply_chat_template(
             [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
         )
         rendered += answer_prefix
-        split = rendered.index(content) + len(context)
+        at = rendered.find(content)
+        if at < 0:
+            raise ValueError("the tokenizer's chat template rewrote the context text; pass chat=False (--no-chat)")
+        split = at + len(context)
         special = False  # the template writes BOS and role markers itself
     else:
+        content = context if question is None else f"{context}\n\n{question}"
         rendered = content + (f"\n\n{answer_prefix}" if answer_prefix else "")
         split = len(context)
         special = True

