@@ -164,3 +164,21 @@ def test_answer_correct_is_a_normalised_substring_match(prediction, answer, corr
 
 def test_normalize():
     assert normalize("  A, b;  C-1,000 ") == "a b c 1000"
+
+
+@pytest.mark.parametrize("agnostic", [False, True])
+def test_generate_many_equals_separate_runs(agnostic):
+    from lavakv.generation import generate_many
+
+    model, tok = tiny_pair("llama")
+    context = " ".join(string.ascii_lowercase[i % 26] for i in range(150))
+    methods = [None, lavakv.method("lava", budget=16, window=4), lavakv.method("snapkv", budget=24, window=4),
+               lavakv.method("ada-snapkv", compression_ratio=0.7, window=4)]
+    together = generate_many(model, tok, context, question="q r s", methods=methods, max_new_tokens=6,
+                             query_agnostic=agnostic)
+    for m, shared in zip(methods, together, strict=True):
+        alone = generate(model, tok, context, question="q r s", method=m, max_new_tokens=6, query_agnostic=agnostic)
+        assert shared.text == alone.text
+        assert shared.kept_entries == alone.kept_entries
+        assert shared.resident_kv_bytes == alone.resident_kv_bytes
+        assert torch.equal(shared.first_token_logits, alone.first_token_logits)

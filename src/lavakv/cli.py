@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from lavakv.generation import GenerationResult, generate
+from lavakv.generation import GenerationResult, generate, generate_many
 from lavakv.haystack import answer_correct, build_haystack
 from lavakv.methods import Method, describe, list_methods, method
 from lavakv.models import MODELS, ModelNotInstalledError, default_model_name, load_model
@@ -150,8 +150,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Needle in a haystack: uncompressed vs each method at each budget; table, PNG chart and JSON."""
-    from tqdm.auto import tqdm
-
     names = [n for n in _csv(args.methods, str, "--methods") if n != "full"]
     budgets = _csv(args.budgets, int, "--budgets")
     runs: list[tuple[str, int | None, Method]] = [("full", None, method("full", window=args.window))]
@@ -167,14 +165,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         model(input_ids=warm)
 
     rows: list[dict[str, Any]] = []
-    full_logits = None
-    for name, budget, m in tqdm(runs, desc="lavakv demo", unit="run", file=sys.stderr):
-        result = generate(
-            model, tokenizer, hay.context, question=hay.question, method=m, max_new_tokens=args.max_new_tokens,
-            query_agnostic=args.query_agnostic, answer_prefix=hay.answer_prefix,
-        )
+    # one exact prefill serves every method (identical caches to separate runs); decoding is per method
+    results = generate_many(
+        model, tokenizer, hay.context, question=hay.question, methods=[m for _, _, m in runs],
+        max_new_tokens=args.max_new_tokens, query_agnostic=args.query_agnostic, answer_prefix=hay.answer_prefix,
+        progress=True,
+    )
+    full_logits = results[0].first_token_logits
+    for (name, budget, _), result in zip(runs, results, strict=True):
         logits = result.first_token_logits
-        full_logits = logits if full_logits is None else full_logits
         diff = float((logits - full_logits).abs().max())
         rows.append({
             "label": name if budget is None else f"{name}@{budget}", "method": name, "budget": budget,

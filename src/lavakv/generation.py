@@ -14,10 +14,12 @@ to the tokens the cache does not hold yet, so only the first generated token is 
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 
 import torch
+from tqdm.auto import tqdm
 
 from lavakv.methods import Method
 from lavakv.methods import method as make_method
@@ -144,6 +146,33 @@ def generate(
         ValueError: empty context or question, ``max_new_tokens < 1``, query-agnostic without a question, or a
             method name without a budget.
     """
+    return generate_many(
+        model, tokenizer, context, question=question, methods=[method], max_new_tokens=max_new_tokens,
+        query_agnostic=query_agnostic, chat=chat, answer_prefix=answer_prefix,
+    )[0]
+
+
+def generate_many(
+    model,
+    tokenizer,
+    context: str,
+    *,
+    question: str | None = None,
+    methods: list[Method | str | None],
+    max_new_tokens: int = 64,
+    query_agnostic: bool = False,
+    chat: bool = True,
+    answer_prefix: str = "",
+    progress: bool = False,
+) -> list[GenerationResult]:
+    """:func:`generate` for several methods from ONE exact prefill (``Session.prefill``).
+
+    Prefill attention never depends on the method, so the prompt is run through the model once and each method
+    compacts every layer into its own cache; the caches (hence the answers) are identical to separate runs.
+    Each result's ``prefill_seconds`` is the shared forward time without the other methods' compression time
+    (plus, query-agnostic, its own question feed); decoding is timed per method. ``progress`` shows a progress
+    bar over the methods on stderr.
+    """
     if not isinstance(context, str) or not context.strip():
         raise ValueError("context is empty: give the text to answer from (a non-empty string)")
     if question is not None and not question.strip():
@@ -152,50 +181,59 @@ def generate(
         raise ValueError("query_agnostic=True needs a question: the context is compressed before it is asked")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
-    m = resolve_method(method)
+    if not methods:
+        raise ValueError("methods is empty: give at least one method (None for no compression)")
+    resolved = [resolve_method(m) for m in methods]
     whole, context_ids, rest_ids = prompt_ids(tokenizer, context, question, answer_prefix=answer_prefix, chat=chat)
     device = next(model.parameters()).device
     ids = torch.tensor([context_ids + rest_ids if query_agnostic else whole], device=device)  # [1, n]
+    compressed = ids[:, : len(context_ids)] if query_agnostic else ids  # what the prefill compresses
     stops = _stop_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(stops), 0)
 
-    with torch.no_grad(), m.attach(model) as session:
-        cache = session.cache()
+    results = []
+    with torch.no_grad(), resolved[0].attach(model) as session:
         start = time.perf_counter()
-        if query_agnostic:
-            c = len(context_ids)
-            model(input_ids=ids[:, :c], attention_mask=torch.ones_like(ids[:, :c]), cache=cache, logits_to_keep=1)
-            out = model(input_ids=ids[:, c:], attention_mask=torch.ones_like(ids), cache=cache, logits_to_keep=1)
-        else:
-            out = model(input_ids=ids, attention_mask=torch.ones_like(ids), cache=cache, logits_to_keep=1)
-        logits = out.logits[:, -1].float()  # [1, vocab]
-        first = logits.argmax(-1, keepdim=True)  # [1, 1]
+        caches, shared_logits = session.prefill(compressed, torch.ones_like(compressed), resolved)
         _sync(device)
-        prefill_seconds = time.perf_counter() - start
-        stats = session.stats(cache)
+        shared_seconds = time.perf_counter() - start
+        compression = [session.stats(c).compression_seconds for c in caches]
+        for i in tqdm(range(len(caches)), desc="lavakv decode", unit="method", file=sys.stderr, disable=not progress):
+            cache, caches[i] = caches[i], None  # release each cache once used
+            start = time.perf_counter()
+            if query_agnostic:
+                c = compressed.shape[1]
+                out = model(input_ids=ids[:, c:], attention_mask=torch.ones_like(ids), cache=cache, logits_to_keep=1)
+                logits = out.logits[:, -1].float()  # [1, vocab]
+            else:
+                logits = shared_logits.float()
+            first = logits.argmax(-1, keepdim=True)  # [1, 1]
+            _sync(device)
+            prefill_seconds = shared_seconds - sum(compression) + compression[i] + time.perf_counter() - start
+            stats = session.stats(cache)
 
-        start = time.perf_counter()
-        new = first
-        if int(first) not in stops and max_new_tokens > 1:
-            seq = torch.cat([ids, first], dim=1)  # [1, n + 1]; the cache holds all but the last token
-            seq = model.generate(
-                seq, attention_mask=torch.ones_like(seq), cache=cache, max_new_tokens=max_new_tokens - 1,
-                do_sample=False, pad_token_id=pad, eos_token_id=sorted(stops) or None,
-            )
-            new = seq[:, ids.shape[1]:]
-        _sync(device)
-        decode_seconds = time.perf_counter() - start
-
-    new_ids = new[0].tolist()
-    return GenerationResult(
-        text=tokenizer.decode(new_ids, skip_special_tokens=True).strip(),
-        prompt_tokens=int(ids.shape[1]),
-        compressed_tokens=len(context_ids) if query_agnostic else int(ids.shape[1]),
-        kept_entries=stats.kept_entries,
-        resident_kv_bytes=stats.resident_kv_bytes,
-        uncompressed_kv_bytes=stats.uncompressed_kv_bytes,
-        prefill_seconds=prefill_seconds,
-        decode_seconds=decode_seconds,
-        new_tokens=len(new_ids),
-        first_token_logits=logits[0].cpu(),
-    )
+            start = time.perf_counter()
+            new = first
+            if int(first) not in stops and max_new_tokens > 1:
+                seq = torch.cat([ids, first], dim=1)  # [1, n + 1]; the cache holds all but the last token
+                seq = model.generate(
+                    seq, attention_mask=torch.ones_like(seq), cache=cache, max_new_tokens=max_new_tokens - 1,
+                    do_sample=False, pad_token_id=pad, eos_token_id=sorted(stops) or None,
+                )
+                new = seq[:, ids.shape[1]:]
+            _sync(device)
+            decode_seconds = time.perf_counter() - start
+            new_ids = new[0].tolist()
+            results.append(GenerationResult(
+                text=tokenizer.decode(new_ids, skip_special_tokens=True).strip(),
+                prompt_tokens=int(ids.shape[1]),
+                compressed_tokens=int(compressed.shape[1]),
+                kept_entries=stats.kept_entries,
+                resident_kv_bytes=stats.resident_kv_bytes,
+                uncompressed_kv_bytes=stats.uncompressed_kv_bytes,
+                prefill_seconds=prefill_seconds,
+                decode_seconds=decode_seconds,
+                new_tokens=len(new_ids),
+                first_token_logits=logits[0].cpu(),
+            ))
+    return results
