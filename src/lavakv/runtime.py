@@ -174,7 +174,7 @@ class Session:
         caches[0].lavakv_followers = caches[1:]
         with torch.no_grad():
             logits = self.model(
-                input_ids, attention_mask=attention_mask, past_key_values=caches[0], logits_to_keep=1
+                input_ids, attention_mask=attention_mask, cache=caches[0], logits_to_keep=1
             ).logits[:, -1]
         caches[0].lavakv_followers = []
         for i, layer in enumerate(caches[0].layers):  # layers lavakv does not compress (e.g. sliding window)
