@@ -37,6 +37,8 @@ from lavakv.support import check_supported
 
 logger = logging.getLogger(__name__)
 
+TRUNCATE_SLACK = 0.8  # cascade: re-truncate an earlier layer once its budget drops below 80 % of its stored one
+
 
 @dataclass
 class SessionStats:
@@ -93,6 +95,7 @@ class _Prefill:
     statistics: list[torch.Tensor] = field(default_factory=list)
     budgets: dict[int, torch.Tensor] = field(default_factory=dict)
     candidates: dict[int, _Candidates] = field(default_factory=dict)
+    compacted_at: dict[int, torch.Tensor] = field(default_factory=dict)  # [b] budget of a layer's last compaction
     observed: list[int] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -288,17 +291,25 @@ class Session:
         state.candidates[layer_idx] = _Candidates(None, scores)
         total = mean * len(layers)
         budgets = allocation.budgets(torch.stack(state.statistics), total)  # [seen, b]
-        for j, budget in zip(state.observed, budgets, strict=False):
-            previous = state.budgets.get(j)
+        final = len(state.observed) == len(layers)
+        for j, budget in zip(state.observed, budgets, strict=True):
             state.budgets[j] = budget
-            if j != layer_idx and previous is not None and torch.equal(previous, budget):
+            stored = state.compacted_at.get(j)
+            # Truncate an earlier layer only when its budget fell below TRUNCATE_SLACK of the budget it was last
+            # compacted to (or at the end): the result is the same (candidates only shrink) and earlier layers
+            # never hold more than 1/TRUNCATE_SLACK of their current budget, with O(L log L) compactions.
+            if not final and j != layer_idx and stored is not None and bool((budget >= TRUNCATE_SLACK * stored).all()):
                 continue
-            self._select(cache, j, None, budget, state, keep_candidates=True)
-        if len(state.observed) == len(layers):
+            if self._select(cache, j, None, budget, state, keep_candidates=True):
+                state.compacted_at[j] = budget
+        if final:
             state.candidates.clear()  # cascade finished: budgets are final
 
-    def _select(self, cache, layer_idx, scores, budget, state: _Prefill, keep_candidates: bool) -> None:
-        """Keep the allocated entries of one layer; truncate if it was already compressed."""
+    def _select(self, cache, layer_idx, scores, budget, state: _Prefill, keep_candidates: bool) -> bool:
+        """Keep the allocated entries of one layer; truncate if it was already compressed.
+
+        Returns whether the layer now holds a compacted selection (False: it still holds every position).
+        """
         m = state.method
         layer: CompressedLayer = cache.layers[layer_idx]
         candidates = state.candidates.get(layer_idx) if keep_candidates else None
@@ -310,15 +321,16 @@ class Session:
         keep = torch.where(keep_all[:, None, None], valid, keep)
         slots = candidates.slots if candidates is not None else None
         if slots is None and not layer.compressed and bool(keep_all.all()):
-            return  # nothing evicted: the layer stays exactly as prefill left it (padding included)
+            return False  # nothing evicted: the layer stays exactly as prefill left it (padding included)
         if slots is not None and torch.equal(keep, slots):
-            return
+            return True
         subset = keep.reshape(-1) if slots is None else keep[slots]
         keys, values = layer.prompt_entries()
         lengths = keep.sum(-1)
         layer.replace_prompt(compact(keys[subset], values[subset], lengths), lengths, prompt_columns=full.shape[-1])
         if keep_candidates:
             state.candidates[layer_idx] = _Candidates(keep, full[keep])
+        return True
 
 
 def _valid_tokens(attention_mask: torch.Tensor | None, key: torch.Tensor) -> torch.Tensor:
