@@ -1,4 +1,4 @@
-"""The ``lavakv`` command: ``methods``, ``generate`` and ``demo``.
+"""The ``lavakv`` command: ``methods``, ``generate``, ``demo``, ``eval`` and ``report``.
 
 Results go to stdout; diagnostics go to the ``lavakv`` logger on stderr (``-v`` for progress notes, ``--debug`` for
 debug messages and full tracebacks). Without ``--debug`` any error caused by the input (bad option, unknown model
@@ -293,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=16, help="(default: %(default)s)")
     p.add_argument("--out", default="demo_out", help="output directory (default: %(default)s)")
     p.set_defaults(run=cmd_demo)
+    from lavakv.eval.commands import add_subcommands
+
+    add_subcommands(sub, parents=[common])  # `lavakv eval` and `lavakv report`
     return parser
 
 

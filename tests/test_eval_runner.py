@@ -1,0 +1,226 @@
+"""The eval runner on tiny random models: shared prefill == separate runs, result layout, skip and resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_eval_support import tiny_eval_pair
+
+import lavakv
+from lavakv.eval import EvalConfig, TaskOptions, run_eval
+from lavakv.eval import runner as runner_module
+from lavakv.eval.decode import decode_text, greedy_decode, stop_ids
+from lavakv.eval.prompting import encode_prompt
+from lavakv.eval.runner import PREDICTIONS, plan_runs, read_predictions
+from lavakv.eval.tasks.needle import NeedleTask
+
+METHODS = ["full", "lava", "snapkv", "ada-snapkv"]
+
+
+def _config(tmp_path, task="needle", methods=METHODS, budgets=(40, 80), agnostic=False, **options):
+    defaults = dict(lengths=[300], depths=[0.0, 1.0], samples=1, max_new_tokens=6, continuation=8)
+    defaults.update(options)
+    return EvalConfig(task=task, methods=list(methods), budgets=list(budgets), window=8, out=tmp_path / "out",
+                      query_agnostic=agnostic, options=TaskOptions(**defaults))
+
+
+def _alone(model, tokenizer, method, ids, *, agnostic_split=None, max_new_tokens=6):
+    """One method attached alone: its own cache, its own prefill, then greedy decoding."""
+    with method.attach(model) as session:
+        cache = session.cache()
+        prefix = ids if agnostic_split is None else ids[:agnostic_split]
+        x = torch.tensor([prefix])
+        with torch.no_grad():
+            logits = model(x, attention_mask=torch.ones_like(x), cache=cache, logits_to_keep=1).logits[:, -1]
+        stats = session.stats(cache)  # right after the compressed prefill
+        past = len(prefix)
+        if agnostic_split is not None:
+            from lavakv.eval.decode import feed
+
+            logits = feed(model, cache, ids[agnostic_split:], past)
+            past = len(ids)
+        out = greedy_decode(model, cache, logits, past=past, max_new_tokens=max_new_tokens,
+                            stops=stop_ids(model, tokenizer))
+        return decode_text(tokenizer, out.tokens), out.tokens, stats
+
+
+@pytest.mark.parametrize("agnostic", [False, True])
+def test_shared_prefill_answers_equal_one_method_at_a_time(tmp_path, agnostic):
+    model, tokenizer = tiny_eval_pair(chat=True)
+    config = _config(tmp_path, agnostic=agnostic)
+    results = run_eval(model, tokenizer, config, model_id="tiny", progress=False)
+    task = NeedleTask(tokenizer, config.options)
+    for result in results:
+        run = next(r for r in plan_runs(config) if r.label == result.label)
+        for record in read_predictions(result.directory / PREDICTIONS):
+            sample = task.sample(record["index"])
+            ids = encode_prompt(tokenizer, sample.context, sample.query, answer_prefix=sample.answer_prefix)
+            if agnostic:
+                text, _, stats = _alone(model, tokenizer, run.method, ids.context + ids.rest,
+                                        agnostic_split=len(ids.context))
+            else:
+                text, _, stats = _alone(model, tokenizer, run.method, ids.whole)
+            assert record["prediction"] == text
+            assert record["kept_entries"] == stats.kept_entries
+            assert record["resident_kv_bytes"] == stats.resident_kv_bytes
+            assert record["shared_prefill_runs"] == len(plan_runs(config))
+
+
+def test_shared_prefill_caches_are_identical_and_decoding_matches_generate():
+    model, tokenizer = tiny_eval_pair()
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(4, len(tokenizer), (1, 120), generator=g)
+    methods = [lavakv.method("full")] + [lavakv.method(n, budget=40, window=8) for n in ("lava", "snapkv", "cake")]
+    stops = stop_ids(model, tokenizer)
+    with methods[0].attach(model) as session:
+        caches, logits = session.prefill(ids, torch.ones_like(ids), methods)
+        shared = [session.stats(c) for c in caches]
+        tokens = [greedy_decode(model, c, logits, past=120, max_new_tokens=7, stops=stops).tokens for c in caches]
+    for method, stat, decoded in zip(methods, shared, tokens, strict=True):
+        with method.attach(model) as session:
+            cache = session.cache()
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), cache=cache, max_new_tokens=7,
+                                 do_sample=False, pad_token_id=0, eos_token_id=sorted(stops))
+            alone = session.stats(cache)
+        assert out[0, 120:].tolist() == decoded
+        for a, b in zip(stat.kept_tokens, alone.kept_tokens, strict=True):
+            assert torch.equal(a, b)
+
+
+def test_results_directory_layout_and_provenance(tmp_path):
+    model, tokenizer = tiny_eval_pair(chat=True)
+    results = run_eval(model, tokenizer, _config(tmp_path, methods=["full", "lava"], budgets=[40]),
+                       model_id="tiny", progress=False)
+    assert {r.label for r in results} == {"full", "lava-b40"}
+    for result in results:
+        names = {p.name for p in result.directory.iterdir()}
+        assert names == {"config.json", "provenance.json", "predictions.jsonl", "metrics.json"}
+        assert result.directory.name.startswith(f"needle__tiny__{result.label}__query-aware__")
+        provenance = json.loads((result.directory / "provenance.json").read_text())
+        for key in ("lavakv_version", "git", "torch", "transformers", "model", "model_sha256", "dtype",
+                    "attn_implementation", "seed", "wall_seconds", "started_at", "finished_at"):
+            assert key in provenance
+        assert provenance["attn_implementation"] == "sdpa" and provenance["dtype"] == "float32"
+        assert provenance["wall_seconds"] > 0
+        metrics = json.loads((result.directory / "metrics.json").read_text())
+        assert metrics["samples"] == 2 and metrics["score_name"] == "exact"
+        assert set(metrics["grid"]) == {"300"} and set(metrics["grid"]["300"]) == {"0", "1"}
+        config = json.loads((result.directory / "config.json").read_text())
+        assert config["query_mode"] == "query-aware" and config["method"]["name"] == result.label.split("-b")[0]
+    full, lava = sorted(results, key=lambda r: r.label)
+    assert lava.metrics["resident_kv_bytes"] < full.metrics["resident_kv_bytes"]
+
+
+def test_finished_runs_are_skipped(tmp_path, monkeypatch):
+    model, tokenizer = tiny_eval_pair()
+    config = _config(tmp_path, methods=["full", "lava"], budgets=[40])
+    first = run_eval(model, tokenizer, config, model_id="tiny", progress=False)
+    assert {r.status for r in first} == {"finished"}
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished run was evaluated again")
+
+    monkeypatch.setattr(runner_module, "evaluate_sample", fail)
+    again = run_eval(model, tokenizer, config, model_id="tiny", progress=False)
+    assert {r.status for r in again} == {"skipped"}
+    assert [r.metrics for r in again] == [r.metrics for r in first]
+
+
+def test_interrupted_run_resumes_without_losing_finished_samples(tmp_path, monkeypatch):
+    model, tokenizer = tiny_eval_pair()
+    config = _config(tmp_path, methods=["full", "lava"], budgets=[40], depths=[0.0, 0.5, 1.0])
+    real = runner_module.evaluate_sample
+    calls: list[int] = []
+
+    def crash_after_two(*args, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "evaluate_sample", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(model, tokenizer, config, model_id="tiny", progress=False)
+    directories = sorted((tmp_path / "out").iterdir())
+    assert len(directories) == 2
+    for directory in directories:
+        assert len(read_predictions(directory / PREDICTIONS)) == 2
+        assert not (directory / "metrics.json").exists()
+    with open(directories[0] / PREDICTIONS, "a") as handle:  # a write torn by the interruption
+        handle.write('{"id": "L300-d1')
+
+    resumed_samples: list[int] = []
+
+    def count(model, tokenizer, session, task, sample, methods, agnostic):
+        resumed_samples.append(1)
+        return real(model, tokenizer, session, task, sample, methods, agnostic)
+
+    monkeypatch.setattr(runner_module, "evaluate_sample", count)
+    results = run_eval(model, tokenizer, config, model_id="tiny", progress=False)
+    assert len(resumed_samples) == 1  # only the third sample was left
+    assert {r.status for r in results} == {"finished"}
+    monkeypatch.setattr(runner_module, "evaluate_sample", real)
+    fresh = run_eval(model, tokenizer, _config(tmp_path / "fresh", methods=["full", "lava"], budgets=[40],
+                                                depths=[0.0, 0.5, 1.0]), model_id="tiny", progress=False)
+    for a, b in zip(sorted(results, key=lambda r: r.label), sorted(fresh, key=lambda r: r.label), strict=True):
+        ra = read_predictions(a.directory / PREDICTIONS)
+        rb = read_predictions(b.directory / PREDICTIONS)
+        assert [r["prediction"] for r in ra] == [r["prediction"] for r in rb]
+        assert a.metrics["score"] == b.metrics["score"]
+
+
+def test_bad_method_or_budget_fails_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="unknown method 'lavaa'"):
+        plan_runs(_config(tmp_path, methods=["lavaa"]))
+    with pytest.raises(ValueError, match="needs --budgets"):
+        plan_runs(_config(tmp_path, methods=["lava"], budgets=[]))
+    with pytest.raises(ValueError, match="unknown task"):
+        run_eval(None, None, _config(tmp_path, task="needles"), model_id="x", progress=False)
+
+
+def test_fidelity_is_exact_without_eviction_and_measures_error_with_it(tmp_path):
+    model, tokenizer = tiny_eval_pair(layers=2)
+    config = _config(tmp_path, task="fidelity", methods=["full", "snapkv", "lava"], budgets=[24, 4096],
+                     lengths=[160], samples=1)
+    results = {r.label: r.metrics for r in run_eval(model, tokenizer, config, model_id="tiny", progress=False)}
+    for label in ("full", "snapkv-b4096", "lava-b4096"):
+        assert results[label]["kl"] == pytest.approx(0.0, abs=1e-6)
+        assert results[label]["top1_agreement"] == 1.0
+        assert results[label]["ppl_ratio"] == pytest.approx(1.0, abs=1e-5)
+        assert results[label]["attention_error"] == 0.0
+    for label in ("snapkv-b24", "lava-b24"):
+        assert results[label]["kl"] > 0
+        errors = results[label]["attention_error_per_layer"]
+        assert len(errors) == 2 and all(0 < e < 2 for e in errors)
+    assert results["snapkv-b24"]["resident_kv_bytes"] < results["snapkv-b4096"]["resident_kv_bytes"]
+
+
+def test_window_attention_reproduces_the_layers_own_output():
+    from lavakv.attention import ROUTES
+    from lavakv.eval.tasks.fidelity import _kept, _window_attention, capture_window_queries
+
+    model, _ = tiny_eval_pair(layers=2)
+    ids = torch.randint(4, 90, (1, 70), generator=torch.Generator().manual_seed(0))
+    full = lavakv.method("full")
+    outputs = {}
+    with full.attach(model) as session:
+        for module in model.modules():
+            handler = ROUTES.get(module)
+            if handler is not None:
+                def route(mod, *args, _h=handler, **kwargs):
+                    out = _h(mod, *args, **kwargs)
+                    outputs.setdefault(mod.layer_idx, out[0])
+                    return out
+                ROUTES[module] = route
+        with capture_window_queries(model, 8) as captured:
+            caches, _ = session.prefill(ids, torch.ones_like(ids), [full])
+    for index in caches[0].compressible_layers():
+        keys, values, valid = _kept(caches[0].layers[index])
+        query, scaling = captured[index]
+        positions = (torch.arange(70) - 62).expand(keys.shape[:3])
+        y = _window_attention(query, keys, values, valid, positions, scaling)  # [b, h, g, w, d]
+        b, h, g, w, d = y.shape
+        expected = outputs[index][:, -8:]  # [b, w, q_heads, d]
+        assert torch.allclose(y.reshape(b, h * g, w, d).transpose(1, 2), expected, atol=1e-5)
