@@ -25,9 +25,11 @@ def plot_lines(series: dict[str, list[tuple[float, float]]], path: Path, *, titl
     """One line per series of ``(x, y)`` points, plus dashed horizontal reference lines (e.g. uncompressed)."""
     figure = _figure(6.4, 4.2)
     ax = figure.add_subplot()
-    for name, points in sorted(series.items()):
+    styles = ["-", "--", ":", "-."]
+    for i, (name, points) in enumerate(sorted(series.items())):  # 10 colours x 4 line styles: no repeats
         points = sorted(points)
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name,
+                color=f"C{i % 10}", linestyle=styles[(i // 10) % len(styles)])
     for name, value in (references or {}).items():
         ax.axhline(value, color="grey", linestyle="--", linewidth=1, label=name)
     if log_x and any(points for points in series.values()):

@@ -1,0 +1,67 @@
+"""Render evaluation result directories (``lavakv eval --out``) as markdown tables for benchmarks/RESULTS-eval.md.
+
+    python benchmarks/eval_tables.py benchmarks/results/eval/fidelity_smollm2_4k > table.md
+
+Every number comes from the runs' metrics.json files; nothing is typed by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+
+def load(dirs: list[str]) -> list[dict]:
+    rows = []
+    for d in dirs:
+        for path in sorted(Path(d).glob("*/metrics.json")):
+            rows.append(json.loads(path.read_text()))
+    return rows
+
+
+def pivot(rows: list[dict], metric: str) -> str:
+    """Methods as rows, budgets as columns, one metric (full shown once)."""
+    budgets = sorted({r["budget"] for r in rows if r.get("budget") is not None})
+    table: dict[str, dict] = defaultdict(dict)
+    for r in rows:
+        table[r["method"]][r.get("budget")] = r.get(metric)
+    head = "| method | " + " | ".join(f"B={b}" for b in budgets) + " |"
+    lines = [head, "|---" * (len(budgets) + 1) + "|"]
+    for method in sorted(table, key=lambda m: (m != "full", m)):
+        cells = table[method]
+        if method == "full":
+            value = cells.get(None)
+            lines.append("| full | " + " | ".join(_fmt(value) for _ in budgets) + " |")
+        else:
+            lines.append(f"| {method} | " + " | ".join(_fmt(cells.get(b)) for b in budgets) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def main() -> None:
+    rows = load(sys.argv[1:])
+    by_task = defaultdict(list)
+    for r in rows:
+        by_task[r["task"]].append(r)
+    for task, task_rows in sorted(by_task.items()):
+        metrics = [k for k in ("score", "kl", "top1_agreement", "ppl_ratio", "attention_error", "resident_kv_bytes")
+                   if any(k in r for r in task_rows)]
+        if task_rows[0].get("score_name") in metrics:
+            metrics.remove("score")  # the task's score is one of the named metrics
+        samples = sorted({r.get("samples") for r in task_rows})
+        print(f"### {task} ({task_rows[0]['model']}, {task_rows[0]['query_mode']}, samples per run: {samples})\n")
+        for metric in metrics:
+            print(f"**{metric}**\n")
+            print(pivot(task_rows, metric))
+            print()
+
+
+if __name__ == "__main__":
+    main()
