@@ -58,6 +58,10 @@ def main() -> None:
         samples = sorted({r.get("samples") for r in task_rows})
         print(f"### {task} ({task_rows[0]['model']}, {task_rows[0]['query_mode']}, samples per run: {samples})\n")
         for metric in metrics:
+            if metric == "resident_kv_bytes":
+                for r in task_rows:
+                    r["resident_kv_MiB"] = r["resident_kv_bytes"] / 2**20
+                metric = "resident_kv_MiB"
             print(f"**{metric}**\n")
             print(pivot(task_rows, metric))
             print()
