@@ -5,6 +5,7 @@ One decode query per sequence against a layer that holds, per KV head, ``budget`
 medians of interleaved repeats in one process; the ratio ragged / dense is what matters on a shared machine.
 
     python benchmarks/decode_kernel.py --out benchmarks/results/decode_kernel.json
+    python benchmarks/decode_kernel.py --threads 1 --out benchmarks/results/decode_kernel_1thread.json
 """
 
 from __future__ import annotations
@@ -42,8 +43,11 @@ def case(batch: int, kv_heads: int, group: int, head_dim: int, budget: int, tail
     def ragged():
         return ragged_attention(query, prefix, tail_k, tail_v, None, scale)
 
+    def gather():  # the ragged reference's first step alone: padded per-head copies of the kept K/V
+        return prefix.padded()
+
     with torch.no_grad():
-        timing = interleaved_medians({"dense_sdpa": dense, "ragged": ragged}, repeats=repeats)
+        timing = interleaved_medians({"dense_sdpa": dense, "ragged": ragged, "ragged_gather": gather}, repeats=repeats)
     return {
         "batch": batch, "kv_heads": kv_heads, "group": group, "head_dim": head_dim, "mean_budget": budget,
         "tail": tail, "entries": total, "timing": timing,
@@ -55,7 +59,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/decode_kernel.json"))
     parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch intra-op threads (0: torch's default); 1 resists a shared machine's contention")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cases = []
     # smollm2-135m-like (3 KV heads, G=3, d=64) and qwen2.5-1.5b-like (2 KV heads, G=6, d=128) layers
     for kv_heads, group, head_dim in [(3, 3, 64), (2, 6, 128)]:
@@ -64,7 +72,7 @@ def main() -> None:
             cases.append(result)
             print(f"H_kv={kv_heads} G={group} d={head_dim} B={budget}: ragged/dense = {result['ragged_over_dense']:.2f}"
                   f" (dense {result['timing']['dense_sdpa']['median_s'] * 1e6:.0f} us)")
-    write_result(args.out, {"cases": cases})
+    write_result(args.out, {"cases": cases, "threads": torch.get_num_threads()})
 
 
 if __name__ == "__main__":

@@ -1,8 +1,12 @@
-"""Every preset at one budget on one prompt: kept entries, resident KV bytes, prefill time ratio to `full`.
+"""Presets at one budget on one prompt: kept entries, resident KV bytes, end-to-end prefill time ratio to `full`.
 
-All methods see the same prompt in one process; each prefill is repeated and the runs are interleaved
-(full, method, full, method, ...), so the ratio compares like with like on a noisy machine.
+Each method runs its own prefill (nothing shared). Per prompt length, every round runs `full` and then each
+method once, in one process; rounds repeat. The ratio is median(method) / median(full), with the spread of the
+per-round ratios, so a noisy machine compares like with like. The compression seconds each run spent scoring,
+allocating and compacting are recorded too (``compression_s``): ``1 + compression_s / (method_s -
+compression_s)`` is the same run's own overhead, free of the between-run noise of the end-to-end ratio.
 
+    python benchmarks/presets.py --model smollm2-135m --tokens 2048,4096,8192 --methods lava --repeats 3
     python benchmarks/presets.py --model smollm2-135m --tokens 4096 --budget 128
     python benchmarks/presets.py --model tiny --tokens 2048 --budget 64
 """
@@ -10,9 +14,12 @@ All methods see the same prompt in one process; each prefill is repeated and the
 from __future__ import annotations
 
 import argparse
+import gc
+import os
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -35,11 +42,12 @@ def tiny_model() -> torch.nn.Module:
 
 def prefill(model, ids, name, budget, window):
     m = lavakv.method(name) if name == "full" else lavakv.method(name, budget=budget, window=window)
+    gc.collect()
     with m.attach(model) as session:
         cache = session.cache()
         start = time.perf_counter()
         with torch.no_grad():
-            model(ids, past_key_values=cache, logits_to_keep=1)
+            model(ids, cache=cache, logits_to_keep=1)
         seconds = time.perf_counter() - start
         st = session.stats()
     return seconds, st
@@ -48,42 +56,75 @@ def prefill(model, ids, name, budget, window):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m", help="a lavakv model name, an HF id/dir, or 'tiny'")
-    parser.add_argument("--tokens", type=int, default=4096)
+    parser.add_argument("--tokens", default="4096", help="prompt length(s), comma-separated")
     parser.add_argument("--budget", type=int, default=128)
     parser.add_argument("--window", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--methods", default=",".join(m for m in lavakv.list_methods() if m != "full"))
+    parser.add_argument("--repeats", default="3",
+                        help="rounds per length: one number, or one per --tokens entry (e.g. 3,3,2)")
+    parser.add_argument("--methods", default=",".join(m for m in lavakv.list_methods() if m != "full"),
+                        help="comma-separated; or one list per --tokens entry separated by '|' (lava,snapkv|lava)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    lengths = [int(t) for t in args.tokens.split(",")]
+    repeats = [int(r) for r in args.repeats.split(",")]
+    repeats = repeats * len(lengths) if len(repeats) == 1 else repeats
+    if len(repeats) != len(lengths):
+        raise SystemExit(f"--repeats gives {len(repeats)} values for {len(lengths)} lengths")
+    method_lists = [[m for m in part.split(",") if m] for part in args.methods.split("|")]
+    method_lists = method_lists * len(lengths) if len(method_lists) == 1 else method_lists
+    if len(method_lists) != len(lengths):
+        raise SystemExit(f"--methods gives {len(method_lists)} lists for {len(lengths)} lengths")
     if args.model == "tiny":
         model, text_ids = tiny_model(), None
     else:
+        from prompts import prompt_ids
+        from transformers.utils import logging as hf_logging
+
         from lavakv.models import load_model
 
+        hf_logging.disable_progress_bar()
         model, tokenizer = load_model(args.model)
-        text = Path(torch.__file__).with_name("functional.py").read_text()  # real text shipped with torch
-        text_ids = tokenizer(text, return_tensors="pt").input_ids[:, : args.tokens]
-    ids = text_ids if text_ids is not None else torch.randint(3, 1000, (1, args.tokens))
+        text_ids = prompt_ids(tokenizer, max(lengths))
+    all_ids = text_ids if text_ids is not None else torch.randint(3, 1000, (1, max(lengths)))
+    prefill(model, all_ids[:, :256], "full", None, args.window)  # warm-up
     rows = []
-    for name in args.methods.split(","):
-        full_times, method_times = [], []
-        for _ in range(args.repeats):
-            full_times.append(prefill(model, ids, "full", None, args.window)[0])
-            seconds, st = prefill(model, ids, name, args.budget, args.window)
-            method_times.append(seconds)
-        full_s, method_s = statistics.median(full_times), statistics.median(method_times)
-        row = {
-            "method": name, "budget": args.budget, "prompt_tokens": int(ids.shape[1]),
-            "kept_entries": st.kept_entries, "resident_kv_bytes": st.resident_kv_bytes,
-            "uncompressed_kv_bytes": st.uncompressed_kv_bytes, "prefill_full_s": full_s, "prefill_method_s": method_s,
-            "prefill_ratio": method_s / full_s, "compression_s": st.compression_seconds,
-        }
-        rows.append(row)
-        print(f"{name:20s} kept={row['kept_entries']:8d} resident={row['resident_kv_bytes'] / 2**20:8.2f} MiB "
-              f"(of {row['uncompressed_kv_bytes'] / 2**20:.2f}) prefill ratio={row['prefill_ratio']:.3f} "
-              f"(compression {row['compression_s'] * 1e3:.0f} ms of {method_s * 1e3:.0f} ms)", flush=True)
-    out = args.out or Path(f"benchmarks/results/presets_{args.model}_{args.tokens}_{args.budget}.json")
-    write_result(out, {"rows": rows, "argv": sys.argv})
+    loadavg_start = os.getloadavg()
+    for n, rounds, methods in zip(lengths, repeats, method_lists, strict=True):
+        ids = all_ids[:, :n]
+        times = {name: [] for name in ["full", *methods]}
+        compression_s = {name: [] for name in times}
+        stats = {}
+        for _ in range(rounds):
+            for name in times:
+                seconds, stats[name] = prefill(model, ids, name, args.budget, args.window)
+                times[name].append(seconds)
+                compression_s[name].append(stats[name].compression_seconds)
+        full_s = statistics.median(times["full"])
+        for name in methods:
+            st = stats[name]
+            method_s = statistics.median(times[name])
+            paired = sorted(m / f for m, f in zip(times[name], times["full"], strict=True))
+            compression = statistics.median(compression_s[name])
+            own = statistics.median(c / (t - c) for c, t in zip(compression_s[name], times[name], strict=True))
+            row = {
+                "method": name, "budget": args.budget, "prompt_tokens": int(ids.shape[1]), "rounds": rounds,
+                "kept_entries": st.kept_entries, "resident_kv_bytes": st.resident_kv_bytes,
+                "uncompressed_kv_bytes": st.uncompressed_kv_bytes, "prefill_full_s": full_s,
+                "prefill_method_s": method_s, "prefill_ratio": method_s / full_s,
+                "paired_ratio_min": paired[0], "paired_ratio_max": paired[-1],
+                "compression_s": compression, "own_overhead_ratio": 1.0 + own,
+                "samples_full_s": times["full"], "samples_method_s": times[name],
+            }
+            rows.append(row)
+            print(f"{n:6d} {name:20s} kept={row['kept_entries']:8d} resident={row['resident_kv_bytes'] / 2**20:8.2f}"
+                  f" MiB (of {row['uncompressed_kv_bytes'] / 2**20:.2f}) prefill ratio={row['prefill_ratio']:.3f} "
+                  f"[{paired[0]:.3f}..{paired[-1]:.3f}] (compression {compression * 1e3:.0f} ms of "
+                  f"{method_s * 1e3:.0f} ms: own overhead {row['own_overhead_ratio']:.3f})", flush=True)
+    default = f"presets_{args.model}_{lengths[0]}_{args.budget}.json" if len(lengths) == 1 \
+        else f"prefill_{args.model}_{args.budget}.json"
+    out = args.out or Path("benchmarks/results") / default
+    write_result(out, {"rows": rows, "argv": sys.argv, "loadavg_start": loadavg_start, "loadavg_end": os.getloadavg()})
 
 
 if __name__ == "__main__":
