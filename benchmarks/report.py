@@ -147,12 +147,14 @@ class Report:
                 body.append([f"**kvpress {press}**"] + cells)
             self.add(f"\n**B = {budget}: resident KV MiB after prefill**\n")
             self.add(table(["method"] + [kfmt(n) for n in lengths], body))
-        skipped = sorted({r["method"] for r in rows if r["budget"] is not None} - {
-            r["method"] for r in rows if r["budget"] is not None and r["tokens"] == max(lengths)})
-        if skipped:
-            self.add(f"\n— : not run. {', '.join(skipped)}: scoring re-computes every query's attention (O(n²), "
-                     "about as costly as the prefill's own attention), so the suite runs it at B = 128 up to 4K only; "
-                     "its bytes equal any uniform-allocation preset's.")
+        cap = s.get("all_budgets_max_tokens", 8192)
+        longs = ", ".join(s.get("long_presets", ["ada-snapkv", "lava", "snapkv"]))
+        expensive = ", ".join(s.get("expensive", ["h2o"]))
+        self.add(f"\n— : not run, to keep the suite's time. Above {kfmt(cap)} tokens only {longs} run at every "
+                 f"budget (every preset runs at B = 128). {expensive}: its scoring re-computes every query's "
+                 f"attention (O(n²), about as costly as the prefill's own attention), so it runs at B = 128 up to "
+                 f"{kfmt(s.get('expensive_max_tokens', 4096))} only. Any uniform-allocation preset holds exactly "
+                 "B x KV heads x layers entries, whatever its scorer.")
         dev = [abs(r["resident_kv_bytes"] / r["entry_bytes_x_kept"] - 1) for r in rows if r["entry_bytes_x_kept"]]
         self.add(f"\nBytes vs entries (DESIGN goal: within 2 % of kept entries x bytes per entry): over all "
                  f"{len(dev)} lavakv caches, max |resident / (kept x {s['entry_bytes']} B) - 1| = "
@@ -239,7 +241,9 @@ class Report:
                  "in full to every method that reads it. kvpress: the time inside each press's forward hook, same "
                  "construction. **End to end**: separate prefills with and without the method, alternated in rounds "
                  "in one process (`presets.py`, `kvpress_bench.py`); exposed to the machine's noise, shown with the "
-                 "spread of the per-round ratios.\n")
+                 "spread of the per-round ratios. On this shared 2-core machine another busy process stalls every "
+                 "multi-threaded torch op; compression is many small ops, so a load average above ~2 inflates its "
+                 "share (the load is shown with each figure).\n")
         self.image("prefill_overhead.png", "prefill overhead per preset")
         lengths = [n for n in sorted({r["tokens"] for r in s["rows"]}) if n >= 2048]
         budget = 128
@@ -260,6 +264,10 @@ class Report:
         if all("loadavg" in base[n] for n in lengths):
             body.append(["*(1-min load average after the lavakv prefill)*"]
                         + [f"{base[n]['loadavg'][0]:.1f}" for n in lengths])
+        kv_base = {p["tokens"]: p for p in (self.kvpress or {}).get("prefills", [])}
+        if kv_base and all("loadavg" in kv_base.get(n, {}) for n in lengths):
+            body.append(["*(1-min load average after the kvpress prefill)*"]
+                        + [f"{kv_base[n]['loadavg'][0]:.1f}" for n in lengths])
         self.add(f"**In-run compression overhead at B = {budget}** ({provenance(s)})\n")
         self.add(table(["method"] + [kfmt(n) for n in lengths], body))
         lava8 = lookup(s["rows"], tokens=8192, label="lava@128")
@@ -291,8 +299,9 @@ class Report:
         for run in self.profile["runs"]:
             self.add(f"\n`{run['method']}` at B = {run['budget']}, {kfmt(run['tokens'])} tokens: compression "
                      f"{run['compression_s']:.2f} s of a {run['prefill_s']:.2f} s profiled prefill.\n")
+            outer = ("(prefill)", "(_attend)", "(lavakv_attention)")  # the whole forward, not compression
             body = [[f"`{f['function']}`", f["calls"], f"{f['cumtime_s']:.3f}", f"{f['tottime_s']:.3f}"]
-                    for f in run["functions"][:10]]
+                    for f in run["functions"] if not f["function"].endswith(outer)][:10]
             self.add(table(["lavakv function", "calls", "cumulative s", "own s"], body))
 
     # -- 3. decode ----------------------------------------------------------------------------------------

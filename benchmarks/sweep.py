@@ -190,6 +190,8 @@ def main() -> None:
         "argv": sys.argv, "model": args.model, "prompt_sha256_16": ids_digest(ids_all), "entry_bytes": entry_bytes,
         "layers": cfg.num_hidden_layers, "kv_heads": cfg.num_key_value_heads, "window": args.window,
         "budgets": args.budgets, "tokens": args.tokens, "decode_steps": args.decode_steps,
+        "all_budgets_max_tokens": args.all_budgets_max_tokens, "long_presets": sorted(args.long_presets),
+        "expensive": sorted(args.expensive), "expensive_max_tokens": args.expensive_max_tokens,
         "prefills": prefills, "rows": rows, "decode": decode,
     })
     print(f"[sweep] wrote {out}")
