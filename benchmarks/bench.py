@@ -120,7 +120,8 @@ def main() -> None:
         for name, cmd in steps(args, results, plots, report, ids, kvpy, converted_dir(args.model)):
             if only and name not in only and not (name == "ids" and only & {"kvpress"}):
                 continue
-            shown = shlex.join(cmd).replace(sys.executable, "python").replace(kvpy, ".kvpress-venv/bin/python")
+            shown = shlex.join(cmd).replace(sys.executable, "python")
+            shown = shown.replace(kvpy, "benchmarks/.kvpress-venv/bin/python")
             waited, busy = (0.0, None) if name in ("ids", "plots", "report") else wait_for_quiet(
                 args.quiet_below, args.quiet_wait)
             print(f"[bench] {name}: {shown}" + (f"  (waited {waited:.0f} s for quiet; others' CPU use "
@@ -150,8 +151,8 @@ def write_run(results: Path, args, started: str, t0: float, load0, record: list[
         kept = [{**r, "run_started": r.get("run_started", previous["started"])} for r in previous["steps"]
                 if r["name"] not in fresh]
         order = [name for name, _ in steps(args, results, Path(), Path(), Path(), "", Path())]
-        run = {**previous, "reruns": [*previous.get("reruns", []), {"only": args.only, "started": started,
-                                                                      "total_s": run["total_s"]}],
+        reruns = [r for r in previous.get("reruns", []) if r["started"] != started]
+        run = {**previous, "reruns": [*reruns, {"only": args.only, "started": started, "total_s": run["total_s"]}],
                "steps": sorted(kept + [{**r, "run_started": started} for r in record],
                                key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))}
     path.write_text(json.dumps(run, indent=2))

@@ -140,7 +140,8 @@ def decode_plot(sweep: dict, kvpress: dict | None, out: Path) -> Path:
                         label=f"lavakv {label}", linewidth=2 if label == "full" else 1)
         for r in (kvpress or {}).get("decode") or []:
             if r.get("threads", 0) == threads:
-                ax.plot([r["tokens"]], [r["median_ms"]], "D", markersize=7, label=f"kvpress {r['label']} (B=128)")
+                suffix = "" if r["label"] == "full" else " (B=128)"
+                ax.plot([r["tokens"]], [r["median_ms"]], "D", markersize=7, label=f"kvpress {r['label']}{suffix}")
         ax.set_xscale("log", base=2)
         ax.set_xticks(lengths, [kfmt(n) for n in lengths])
         ax.set_xlabel("prompt tokens before decoding")
