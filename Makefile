@@ -33,5 +33,9 @@ test: setup models-all
 demo: setup models
 	$(VENV)/bin/lavakv demo
 
+# the benchmark suite (about 25 min on a quiet 2-core machine; builds kvpress's own venv); see benchmarks/RESULTS.md
+bench: setup models
+	$(PY) benchmarks/bench.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
