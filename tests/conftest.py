@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import string
+
 import pytest
 import torch
 from transformers import (
@@ -18,6 +20,30 @@ from transformers import (
 )
 
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma3"]
+
+SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
+CHARS = string.ascii_letters + string.digits + string.punctuation + " \n\t"
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<assistant>"
+    "{% endif %}"
+)
+
+
+def char_tokenizer(chat: bool = False):
+    """A character-level fast tokenizer (4 specials + printable ASCII), built without downloads."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(SPECIALS + list(CHARS))}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>"
+    )
+    if chat:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
 
 
 def tiny_model(family: str = "llama", *, layers: int = 3, heads: int = 4, kv_heads: int = 2, head_dim: int = 16,

@@ -2,33 +2,7 @@
 
 from __future__ import annotations
 
-import string
-
-from conftest import tiny_model
-
-SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
-CHARS = string.ascii_letters + string.digits + string.punctuation + " \n\t"
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<assistant>"
-    "{% endif %}"
-)
-
-
-def char_tokenizer(chat: bool = False):
-    """A character-level fast tokenizer (4 specials + printable ASCII), built without downloads."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {token: i for i, token in enumerate(SPECIALS + list(CHARS))}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>"
-    )
-    if chat:
-        tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
+from conftest import char_tokenizer, tiny_model
 
 
 def tiny_eval_pair(family: str = "llama", chat: bool = False, layers: int = 3):

@@ -6,37 +6,17 @@ import string
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import char_tokenizer, tiny_model
 
 import lavakv
 from lavakv.generation import generate, prompt_ids
 from lavakv.haystack import answer_correct, build_haystack, normalize
 
-SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
-CHARS = string.ascii_letters + string.digits + string.punctuation + " \n"
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<assistant>"
-    "{% endif %}"
-)
 CONTEXT = "The weather in Oslo was mild on Monday. Kyoto has 12 parks. " * 6
 QUESTION = "How many parks has Kyoto?"
 
 
-def tiny_tokenizer(chat: bool = False):
-    """A character-level fast tokenizer (100 ids: 4 specials + printable ASCII), built without downloads."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {token: i for i, token in enumerate(SPECIALS + list(CHARS))}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>"
-    )
-    if chat:
-        tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
+tiny_tokenizer = char_tokenizer  # shared, see conftest.py
 
 
 def tiny_pair(family: str = "llama", chat: bool = False):

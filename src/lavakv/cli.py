@@ -14,12 +14,13 @@ import logging
 import platform
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from lavakv.cli_support import check_model_request, parse_csv
 from lavakv.generation import GenerationResult, generate, generate_many
 from lavakv.haystack import answer_correct, build_haystack
 from lavakv.methods import Method, describe, list_methods, method
@@ -45,16 +46,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 # -- helpers --------------------------------------------------------------------------------------------------------
-def _csv(text: str, convert: Callable[[str], Any], what: str) -> list[Any]:
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    if not items:
-        raise ValueError(f"{what} is empty: give a comma-separated list")
-    try:
-        return [convert(item) for item in items]
-    except ValueError:
-        raise ValueError(f"{what} must be a comma-separated list of {convert.__name__}s, got {text!r}") from None
-
-
 def _build_method(name: str, budget: int | None, ratio: float | None, window: int) -> Method:
     if name == "full":
         if budget is not None or ratio is not None:
@@ -67,13 +58,7 @@ def _build_method(name: str, budget: int | None, ratio: float | None, window: in
 
 def _load(name: str, device: str, dtype: str):
     """Check the model name and device, then load ``(model, tokenizer)``."""
-    if name not in MODELS and "/" not in name and not Path(name).exists():
-        raise ValueError(
-            f"unknown model {name!r}; known names: {', '.join(MODELS)} (or a local model directory, a .gguf file, "
-            f"or a Hugging Face hub id owner/name)"
-        )
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available here; use --device cpu")
+    check_model_request(name, device, list(MODELS))
     logger.info("loading %s (%s, %s)", name, dtype, device)
     started = time.perf_counter()
     model, tokenizer = load_model(name, dtype=DTYPES[dtype], device=device)
@@ -150,8 +135,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Needle in a haystack: uncompressed vs each method at each budget; table, PNG chart and JSON."""
-    names = [n for n in _csv(args.methods, str, "--methods") if n != "full"]
-    budgets = _csv(args.budgets, int, "--budgets")
+    names = [n for n in parse_csv(args.methods, str, "--methods") if n != "full"]
+    budgets = parse_csv(args.budgets, int, "--budgets")
     runs: list[tuple[str, int | None, Method]] = [("full", None, method("full", window=args.window))]
     runs += [(n, b, _build_method(n, b, None, args.window)) for n in names for b in budgets]  # validate first
     if args.tokens < 1:

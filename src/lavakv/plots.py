@@ -12,13 +12,14 @@ from typing import Any
 MIB = 2**20
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float, dpi: int = 120):
+    """A matplotlib ``Figure`` on the Agg canvas (no display); a clear ImportError when matplotlib is missing."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as error:
         raise ImportError("drawing charts needs matplotlib: pip install 'lavakv[plots]'") from error
-    figure = Figure(figsize=(width, height), dpi=120)
+    figure = Figure(figsize=(width, height), dpi=dpi)
     FigureCanvasAgg(figure)
     return figure
 
@@ -36,7 +37,7 @@ def plot_demo_memory(rows: Sequence[dict[str, Any]], path: str | Path, *, title:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure = _figure(max(6.0, 0.7 * len(rows) + 2.0), 4.5)
+    figure = new_figure(max(6.0, 0.7 * len(rows) + 2.0), 4.5)
     ax = figure.add_subplot()
     labels = [str(r["label"]) for r in rows]
     mib = [r["resident_kv_bytes"] / MIB for r in rows]

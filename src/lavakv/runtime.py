@@ -325,9 +325,9 @@ class Session:
         if slots is not None and torch.equal(keep, slots):
             return True
         subset = keep.reshape(-1) if slots is None else keep[slots]
-        keys, values = layer.prompt_entries()
+        keys, values = (layer.dense or layer.prefix).select(subset)
         lengths = keep.sum(-1)
-        layer.replace_prompt(compact(keys[subset], values[subset], lengths), lengths, prompt_columns=full.shape[-1])
+        layer.replace_prompt(compact(keys, values, lengths), lengths, prompt_columns=full.shape[-1])
         if keep_candidates:
             state.candidates[layer_idx] = _Candidates(keep, full[keep])
         return True

@@ -69,10 +69,13 @@ class DenseKV:
         """Stored entries as ``[batch * kv_heads * length, head_dim]`` in (batch, head, token) order."""
         return self.keys.reshape(-1, self._keys.shape[-1]), self.values.reshape(-1, self._values.shape[-1])
 
-    def lengths(self) -> torch.Tensor:
-        """``[batch, kv_heads]`` int64 entries per head."""
-        b, h = self._keys.shape[:2]
-        return torch.full((b, h), self.length, dtype=torch.long, device=self._keys.device)
+    def select(self, subset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Entries where ``subset`` (flat bool, (batch, head, token) order) is True, ``[selected, head_dim]``.
+
+        Indexes the stored layout directly, so a non-contiguous prefill tensor is never copied whole.
+        """
+        mask = subset.view(self.keys.shape[:3])
+        return self.keys[mask], self.values[mask]
 
     def nbytes(self) -> int:
         """Bytes of K/V tensors held, slack included."""
@@ -129,6 +132,10 @@ class RaggedKV:
     def flat(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Stored entries ``[entries, head_dim]`` in (batch, head, token) order."""
         return self.keys, self.values
+
+    def select(self, subset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Entries where ``subset`` (flat bool over the stored entries) is True, ``[selected, head_dim]``."""
+        return self.keys[subset], self.values[subset]
 
     def nbytes(self) -> int:
         """Bytes of K/V tensors held (exactly entries x bytes per entry)."""

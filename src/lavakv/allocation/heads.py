@@ -18,15 +18,13 @@ def prefix_scores(scores: torch.Tensor, window: int) -> torch.Tensor:
     return out
 
 
-def _base_keep(scores: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Window entries of real tokens, and the per-row count of real prefix tokens ``[batch]``."""
+def _window_keep(scores: torch.Tensor, window: int) -> torch.Tensor:
+    """``[batch, heads, tokens]`` bool: the window entries of real tokens (always kept)."""
     n = scores.shape[-1]
-    valid = torch.isfinite(scores) | (scores == float("inf"))
+    valid = scores != float("-inf")
     in_window = torch.zeros(n, dtype=torch.bool, device=scores.device)
     in_window[max(0, n - window) :] = True
-    keep = valid & in_window
-    real_prefix = (valid[:, 0, :] & ~in_window).sum(-1)
-    return keep, real_prefix
+    return valid & in_window
 
 
 def top_per_head(ranked: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -40,7 +38,7 @@ def top_per_head(ranked: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
 
 def uniform_heads(scores: torch.Tensor, budget: torch.Tensor, window: int) -> torch.Tensor:
     """Every KV head keeps its own top-``budget`` prefix tokens plus the window (METHODS.md §2, uniform)."""
-    keep, _ = _base_keep(scores, window)
+    keep = _window_keep(scores, window)
     counts = budget[:, None].expand(scores.shape[0], scores.shape[1])
     return keep | top_per_head(prefix_scores(scores, window), counts)
 
@@ -66,7 +64,7 @@ def adaptive_heads(
         scores: ``[batch, kv_heads, tokens]``.
         budget: ``[batch]`` int64 prefix tokens per head on average (B_l).
     """
-    keep, _ = _base_keep(scores, window)
+    keep = _window_keep(scores, window)
     b, h, n = scores.shape
     ranked = prefix_scores(scores, window)
     flat = ranked.reshape(b, 1, h * n)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
+from lavakv.cli_support import check_model_request, parse_csv
 from lavakv.eval.tasks import TASK_NAMES, TaskOptions, parse_task_spec
 
 logger = logging.getLogger("lavakv")
@@ -22,29 +22,13 @@ DEFAULT_BUDGETS = "64,128,256"
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-def _csv(text: str | None, convert: Callable[[str], Any], what: str) -> list[Any]:
-    if text is None:
-        return []
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    if not items:
-        raise ValueError(f"{what} is empty: give a comma-separated list")
-    try:
-        return [convert(item) for item in items]
-    except ValueError:
-        raise ValueError(f"{what} must be a comma-separated list of {convert.__name__}s, got {text!r}") from None
-
-
 def _load(name: str, device: str, dtype: str):
     """``(model, tokenizer)`` by :func:`lavakv.models.load_model`, looked up at call time (tests patch it)."""
     import torch
 
     from lavakv import models
 
-    if name not in models.MODELS and "/" not in name and not Path(name).exists():
-        raise ValueError(f"unknown model {name!r}; known names: {', '.join(models.MODELS)} (or a local model "
-                         "directory, a .gguf file, or a Hugging Face hub id owner/name)")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available here; use --device cpu")
+    check_model_request(name, device, list(models.MODELS))
     return models.load_model(name, dtype=getattr(torch, dtype), device=device)
 
 
@@ -53,8 +37,8 @@ def config_from_args(args: argparse.Namespace):
     from lavakv.eval.runner import EvalConfig, plan_runs
 
     parse_task_spec(args.task)
-    lengths = _csv(args.lengths, int, "--lengths") or None
-    depths = _csv(args.depths, float, "--depths") or None
+    lengths = parse_csv(args.lengths, int, "--lengths") or None
+    depths = parse_csv(args.depths, float, "--depths") or None
     for value, flag in ((args.samples, "--samples"), (args.max_new_tokens, "--max-new-tokens")):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
@@ -63,10 +47,10 @@ def config_from_args(args: argparse.Namespace):
     options = TaskOptions(lengths=lengths, depths=depths, samples=args.samples, seed=args.seed,
                           max_new_tokens=args.max_new_tokens, chat=not args.no_chat,
                           haystack_file=args.haystack_file, data_dir=args.data_dir, continuation=args.continuation)
-    ratios = _csv(args.compression_ratios, float, "--compression-ratios")
+    ratios = parse_csv(args.compression_ratios, float, "--compression-ratios")
     budgets = args.budgets if args.budgets is not None else (None if ratios else DEFAULT_BUDGETS)
     config = EvalConfig(
-        task=args.task, methods=_csv(args.methods, str, "--methods"), budgets=_csv(budgets, int, "--budgets"),
+        task=args.task, methods=parse_csv(args.methods, str, "--methods"), budgets=parse_csv(budgets, int, "--budgets"),
         compression_ratios=ratios,
         query_agnostic=args.query_agnostic, window=args.window, out=args.out, options=options,
     )

@@ -6,24 +6,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lavakv.plots import new_figure
+
 MIB = 2**20
-
-
-def _figure(width: float, height: float):
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as error:
-        raise ImportError("drawing charts needs matplotlib: pip install 'lavakv[plots]'") from error
-    figure = Figure(figsize=(width, height), dpi=110)
-    FigureCanvasAgg(figure)
-    return figure
 
 
 def plot_lines(series: dict[str, list[tuple[float, float]]], path: Path, *, title: str, xlabel: str, ylabel: str,
                references: dict[str, float] | None = None, log_x: bool = True) -> Path:
     """One line per series of ``(x, y)`` points, plus dashed horizontal reference lines (e.g. uncompressed)."""
-    figure = _figure(6.4, 4.2)
+    figure = new_figure(6.4, 4.2)
     ax = figure.add_subplot()
     styles = ["-", "--", ":", "-."]
     for i, (name, points) in enumerate(sorted(series.items())):  # 10 colours x 4 line styles: no repeats
@@ -53,7 +44,7 @@ def plot_heatmap(grid: dict[str, dict[str, float]], path: Path, *, title: str) -
     lengths = sorted(grid, key=float)
     depths = sorted({d for row in grid.values() for d in row}, key=float)
     values = [[grid[length].get(depth, float("nan")) for length in lengths] for depth in depths]
-    figure = _figure(max(4.0, 1.0 + 0.9 * len(lengths)), max(3.0, 1.2 + 0.45 * len(depths)))
+    figure = new_figure(max(4.0, 1.0 + 0.9 * len(lengths)), max(3.0, 1.2 + 0.45 * len(depths)))
     ax = figure.add_subplot()
     image = ax.imshow(values, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
     ax.set_xticks(range(len(lengths)))
