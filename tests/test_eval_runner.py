@@ -171,6 +171,36 @@ def test_interrupted_run_resumes_without_losing_finished_samples(tmp_path, monke
         assert a.metrics["score"] == b.metrics["score"]
 
 
+def test_more_samples_extend_a_finished_run_and_fewer_reuse_it(tmp_path, monkeypatch):
+    model, tokenizer = tiny_eval_pair()
+    grid = dict(methods=["full", "lava"], budgets=[40], lengths=[200, 300], depths=[0.0, 1.0])
+    first = run_eval(model, tokenizer, _config(tmp_path, samples=1, **grid), model_id="tiny", progress=False)
+    real = runner_module.evaluate_sample
+    evaluated: list[str] = []
+
+    def count(model, tokenizer, session, task, sample, methods, agnostic):
+        evaluated.append(sample.id)
+        return real(model, tokenizer, session, task, sample, methods, agnostic)
+
+    monkeypatch.setattr(runner_module, "evaluate_sample", count)
+    more = run_eval(model, tokenizer, _config(tmp_path, samples=2, **grid), model_id="tiny", progress=False)
+    # same directories; only the second repeat of each of the 4 length x depth cells was computed
+    assert {r.directory for r in more} == {r.directory for r in first}
+    assert sorted(evaluated) == sorted(f"L{n}-d{d}-r1" for n in (200, 300) for d in (0, 1))
+    fresh = run_eval(model, tokenizer, _config(tmp_path / "fresh", samples=2, **grid), model_id="tiny",
+                     progress=False)
+    for a, b in zip(sorted(more, key=lambda r: r.label), sorted(fresh, key=lambda r: r.label), strict=True):
+        assert a.metrics["sample_ids"] == b.metrics["sample_ids"] and a.metrics["samples"] == 8
+        predictions = {r["id"]: r["prediction"] for r in read_predictions(a.directory / PREDICTIONS)}
+        assert predictions == {r["id"]: r["prediction"] for r in read_predictions(b.directory / PREDICTIONS)}
+        assert a.metrics["score"] == b.metrics["score"]
+    evaluated.clear()
+    fewer = run_eval(model, tokenizer, _config(tmp_path, samples=1, **grid), model_id="tiny", progress=False)
+    assert evaluated == []  # every sample asked for has a record: metrics recomputed over those alone
+    assert [r.metrics for r in sorted(fewer, key=lambda r: r.label)] == \
+        [r.metrics for r in sorted(first, key=lambda r: r.label)]
+
+
 def test_bad_method_or_budget_fails_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="unknown method 'lavaa'"):
         plan_runs(_config(tmp_path, methods=["lavaa"]))

@@ -9,9 +9,11 @@ For each task, each (method, budget or ratio) is a *run* with its own directory 
         predictions.jsonl   one record per sample, appended (and flushed) as soon as it is scored
         metrics.json        written when every sample is done; its presence marks the run finished
 
-The directory name is deterministic (the hash covers everything that decides the numbers), so a re-run finds
-finished runs and skips them, and resumes unfinished ones at the samples their predictions lack: an interrupted
-run loses no finished sample. For each sample still missing somewhere, ONE ``session.prefill`` fills a
+The directory name is deterministic (the hash covers everything that decides the numbers except how many samples
+are drawn), so a re-run finds finished runs and skips them, and resumes unfinished ones at the samples their
+predictions lack: an interrupted run loses no finished sample, and a re-run with a larger ``--samples`` only
+computes the new samples (records are matched by sample id; ``metrics.json`` covers exactly the samples asked
+for and lists their ids). For each sample still missing somewhere, ONE ``session.prefill`` fills a
 compressed cache for every pending run (prefill attention is exact, so each cache equals a separate run's), then
 each cache is decoded greedily on its own (:mod:`lavakv.eval.decode`).
 """
@@ -130,7 +132,7 @@ def run_config(task: Task, run: Run, config: EvalConfig, model, model_id: str) -
     parameter = next(model.parameters())
     return {
         "task": task.name,
-        "task_settings": task.settings(),
+        "task_settings": task.identity(),
         "model": model_id,
         "dtype": str(parameter.dtype).removeprefix("torch."),
         "method": run.method.describe(),
@@ -194,7 +196,7 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 class _RunState:
     run: Run
     directory: Path
-    done: set[int]  # sample indices with a record (the config hash fixes what each index is)
+    done: set[str]  # ids of the samples with a record (the config hash and the id fix each sample's content)
     records: list[dict[str, Any]]
 
 
@@ -271,14 +273,15 @@ def run_eval(model, tokenizer, config: EvalConfig, *, model_id: str, progress: b
     full = make_method("full", window=config.window)
     with torch.no_grad(), full.attach(model) as session:
         for task in tasks:
+            ids = [task.sample_id(i) for i in range(len(task))]
             states: list[_RunState] = []
             for run in runs:
                 resolved = run_config(task, run, config, model, model_id)
                 directory = run_directory(out, resolved)
-                if (directory / METRICS).exists():
+                finished = _finished_metrics(directory, ids)
+                if finished is not None:
                     logger.info("%s %s: finished before, skipped (%s)", task.name, run.label, directory)
-                    results.append(RunResult(directory, task.name, run.label, "skipped",
-                                             json.loads((directory / METRICS).read_text())))
+                    results.append(RunResult(directory, task.name, run.label, "skipped", finished))
                     continue
                 directory.mkdir(parents=True, exist_ok=True)
                 if not (directory / CONFIG).exists():
@@ -290,16 +293,16 @@ def run_eval(model, tokenizer, config: EvalConfig, *, model_id: str, progress: b
                     record["wall_seconds"] = 0.0
                     write_json(directory / PROVENANCE, record)
                 records = read_predictions(directory / PREDICTIONS)
-                states.append(_RunState(run, directory, {r["index"] for r in records}, records))
+                states.append(_RunState(run, directory, {r["id"] for r in records}, records))
             if not states:
                 continue
-            todo = [i for i in range(len(task)) if any(i not in s.done for s in states)]
+            todo = [i for i in range(len(task)) if any(ids[i] not in s.done for s in states)]
             started = time.perf_counter()
             try:
                 bar = tqdm(todo, desc=task.name, unit="sample", disable=not progress, file=sys.stderr)
                 for index in bar:
                     sample = task.sample(index)
-                    pending = [s for s in states if index not in s.done]
+                    pending = [s for s in states if sample.id not in s.done]
                     outcomes = evaluate_sample(model, tokenizer, session, task, sample,
                                                [s.run.method for s in pending], config.query_agnostic)
                     for state, outcome in zip(pending, outcomes, strict=True):
@@ -307,14 +310,14 @@ def run_eval(model, tokenizer, config: EvalConfig, *, model_id: str, progress: b
                                   "references": sample.references, "meta": sample.meta, **outcome,
                                   "shared_prefill_runs": len(pending)}
                         append_record(state.directory / PREDICTIONS, record)
-                        state.done.add(index)
+                        state.done.add(sample.id)
                         state.records.append(record)
             finally:
                 elapsed = time.perf_counter() - started
                 for state in states:
                     _add_wall_time(state.directory, elapsed)
             for state in states:
-                metrics = finish_run(task, state)
+                metrics = finish_run(task, state, ids)
                 results.append(RunResult(state.directory, task.name, state.run.label, "finished", metrics))
     return results
 
@@ -326,12 +329,25 @@ def _add_wall_time(directory: Path, seconds: float) -> None:
     write_json(path, record)
 
 
-def finish_run(task: Task, state: _RunState) -> dict[str, Any]:
-    """Aggregate a complete run's records into ``metrics.json`` and stamp its provenance."""
+def _finished_metrics(directory: Path, ids: list[str]) -> dict[str, Any] | None:
+    """The run's metrics if it finished exactly the samples ``ids`` before, else None."""
+    path = directory / METRICS
+    if not path.exists():
+        return None
+    metrics = json.loads(path.read_text())
+    return metrics if metrics.get("sample_ids") == ids else None
+
+
+def finish_run(task: Task, state: _RunState, ids: list[str]) -> dict[str, Any]:
+    """Aggregate the records of the samples ``ids`` (in task order) into ``metrics.json``; stamp the provenance."""
     config = json.loads((state.directory / CONFIG).read_text())
-    ordered = sorted(state.records, key=lambda r: r["index"])
-    if len(ordered) != len(task):
-        raise RuntimeError(f"{state.directory}: {len(ordered)} records for {len(task)} samples")
+    by_id = {}
+    for record in state.records:
+        by_id.setdefault(record["id"], record)
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise RuntimeError(f"{state.directory}: no record for samples {', '.join(missing)}")
+    ordered = [by_id[i] for i in ids]
     aggregate = task.aggregate(ordered)
 
     def mean(key: str) -> float | None:
@@ -342,7 +358,7 @@ def finish_run(task: Task, state: _RunState) -> dict[str, Any]:
     metrics = {
         "task": task.name, "model": config["model"], "label": state.run.label, "method": m.name,
         "budget": m.budget, "compression_ratio": m.compression_ratio, "window": m.window,
-        "query_mode": config["query_mode"], "samples": len(ordered), "score_name": task.score_name,
+        "query_mode": config["query_mode"], "samples": len(ordered), "sample_ids": ids, "score_name": task.score_name,
         "score": aggregate.get(task.score_name), **aggregate,
         "resident_kv_bytes": mean("resident_kv_bytes"), "uncompressed_kv_bytes": mean("uncompressed_kv_bytes"),
         "kept_entries": mean("kept_entries"), "prompt_tokens": mean("prompt_tokens"),

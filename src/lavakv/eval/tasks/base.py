@@ -8,6 +8,11 @@ from typing import Any
 
 from lavakv.eval.prompting import PromptIds, encode_prompt
 
+# Settings that only say how many samples are drawn. They are left out of a run's identity (its config hash), so a
+# larger ``--samples`` extends a finished run with the samples it lacks instead of starting a new one: sample
+# content depends only on the seed, its grid cell and its repeat number (:meth:`Task.sample_seed`).
+SAMPLE_COUNT_SETTINGS = frozenset({"samples", "samples_per_length", "samples_per_cell", "records", "record_ids"})
+
 
 @dataclass
 class TaskOptions:
@@ -98,6 +103,15 @@ class Task:
         """Generator settings that decide the samples (they enter the run's config and its directory name)."""
         return {"seed": self.options.seed, "samples": len(self)}
 
+    def sample_id(self, index: int) -> str:
+        """The id of sample ``index`` without building it: ``L<length>-<repeat>`` (tasks with other grids override)."""
+        cell, repeat = divmod(index, self.repeats)
+        return f"L{self.lengths[cell]}-{repeat}"
+
+    def identity(self) -> dict[str, Any]:
+        """:meth:`settings` without the sample counts: what decides each sample's content."""
+        return {k: v for k, v in self.settings().items() if k not in SAMPLE_COUNT_SETTINGS}
+
     def score(self, sample: Sample, prediction: str) -> dict[str, float]:
         """Per-item scores in [0, 1]."""
         raise NotImplementedError
@@ -106,9 +120,13 @@ class Task:
         """Task metrics from the prediction records: 100 x the mean of every per-item score, overall and by length."""
         return mean_scores(records)
 
-    def sample_seed(self, index: int) -> int:
-        """The seed of sample ``index``: distinct per sample, stable across runs."""
-        return self.options.seed * 1_000_003 + index
+    def sample_seed(self, cell: int, repeat: int) -> int:
+        """The seed of repeat ``repeat`` of grid cell ``cell`` (a length, or a length x depth for needle).
+
+        Distinct per sample, stable across runs, and independent of how many repeats are drawn per cell, so that a
+        run extended with more samples keeps the ones it has.
+        """
+        return self.options.seed * 1_000_003 + cell * 10_007 + repeat
 
 
 def mean_scores(records: list[dict[str, Any]], scale: float = 100.0) -> dict[str, Any]:

@@ -55,7 +55,7 @@ class CodeTask(Task):
 
     def sample(self, index: int) -> Sample:
         cap = self.lengths[index // self.repeats]
-        rng = random.Random(f"{self.sample_seed(index)}:code")
+        rng = random.Random(f"{self.sample_seed(*divmod(index, self.repeats))}:code")
         files = stdlib_files()
         for _ in range(100):
             path = files[rng.randrange(len(files))]
@@ -79,7 +79,7 @@ class CodeTask(Task):
                 lo = mid + 1
         code = code_from(lo)
         return Sample(
-            id=f"L{cap}-{index % self.repeats}", context=INSTRUCTION + code, query=QUERY, answer_prefix="",
+            id=self.sample_id(index), context=INSTRUCTION + code, query=QUERY, answer_prefix="",
             references=[lines[cut].strip()], max_new_tokens=self.max_new_tokens, chat=False,
             meta={"length": cap, "file": str(path.relative_to(stdlib_root())), "line": cut + 1,
                   "context_lines": cut - lo},

@@ -60,7 +60,7 @@ class FidelityTask(Task):
     def sample(self, index: int) -> Sample:
         length = self.lengths[index // self.repeats]
         need = length + self.continuation
-        rng = random.Random(f"{self.sample_seed(index)}:fidelity")
+        rng = random.Random(f"{self.sample_seed(*divmod(index, self.repeats))}:fidelity")
         files = stdlib_files()
         for _ in range(200):
             path = files[rng.randrange(len(files))]
@@ -72,7 +72,7 @@ class FidelityTask(Task):
         start = rng.randrange(len(ids) - need + 1)
         prompt, continuation = ids[start:start + length], ids[start + length:start + need]
         return Sample(
-            id=f"L{length}-{index % self.repeats}", context="", query="", answer_prefix="", references=[],
+            id=self.sample_id(index), context="", query="", answer_prefix="", references=[],
             max_new_tokens=0, chat=False,
             meta={"length": length, "file": str(path.relative_to(stdlib_root())), "offset_tokens": start},
             payload=(prompt, continuation),

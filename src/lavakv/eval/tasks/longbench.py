@@ -195,6 +195,11 @@ class LongBenchTask(Task):
                 "chat": self.options.chat and self.dataset not in NO_CHAT,
                 "source": self.options.data_dir or "datasets cache (THUDM/LongBench)"}
 
+    def sample_id(self, index: int) -> str:
+        max_length = self.lengths[index // len(self.records)]
+        number = index % len(self.records)
+        return f"L{max_length}-{self.records[number].get('_id', number)}"
+
     def sample(self, index: int) -> Sample:
         max_length = self.lengths[index // len(self.records)]
         number = index % len(self.records)
@@ -206,7 +211,7 @@ class LongBenchTask(Task):
         fallback = not prompt.endswith(rest)
         context, query = (prompt, "") if fallback else (prompt[: len(prompt) - len(rest)], rest)
         return Sample(
-            id=f"L{max_length}-{record.get('_id', number)}", context=context, query=query, answer_prefix="",
+            id=self.sample_id(index), context=context, query=query, answer_prefix="",
             references=[str(a) for a in record["answers"]], max_new_tokens=self.max_new_tokens,
             chat=self.options.chat and self.dataset not in NO_CHAT,
             meta={"length": max_length, "record": number, "truncated": truncated, "split_fallback": fallback,

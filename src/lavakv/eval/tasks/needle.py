@@ -62,17 +62,22 @@ class NeedleTask(Task):
                 "seed": self.options.seed, "max_new_tokens": self.max_new_tokens, "chat": self.options.chat,
                 "haystack": haystack}
 
+    def sample_id(self, index: int) -> str:
+        cell, repeat = divmod(index, self.repeats)
+        length = self.lengths[cell // len(self.depths)]
+        return f"L{length}-d{self.depths[cell % len(self.depths)]:g}-r{repeat}"
+
     def sample(self, index: int) -> Sample:
         cell, repeat = divmod(index, self.repeats)
         length = self.lengths[cell // len(self.depths)]
         depth = self.depths[cell % len(self.depths)]
-        seed = self.sample_seed(index)
+        seed = self.sample_seed(cell, repeat)
         if self.options.haystack_file is None:
             hay = build_haystack(self.tokenizer, length, depth=depth, seed=seed)
         else:
             hay = self._file_haystack(length, depth, seed)
         return Sample(
-            id=f"L{length}-d{depth:g}-r{repeat}", context=hay.context, query=f"\n\n{hay.question}",
+            id=self.sample_id(index), context=hay.context, query=f"\n\n{hay.question}",
             answer_prefix=f"\n{hay.answer_prefix}", references=[hay.answer], max_new_tokens=self.max_new_tokens,
             chat=self.options.chat, meta={"length": length, "depth": depth, "haystack_tokens": hay.tokens},
         )

@@ -249,7 +249,7 @@ class RulerTask(Task):
 
     def sample(self, index: int) -> Sample:
         length = self.lengths[index // self.repeats]
-        rng = random.Random(f"{self.sample_seed(index)}:{self.subtask}")
+        rng = random.Random(f"{self.sample_seed(*divmod(index, self.repeats))}:{self.subtask}")
         build = self._builder(length, rng)
         start = rng.getstate()
         budget = length - self.tokens_to_generate
@@ -269,7 +269,7 @@ class RulerTask(Task):
                            "generate; use a larger --lengths", self.name, length, prompt_tokens,
                            self.tokens_to_generate)
         return Sample(
-            id=f"L{length}-{index % self.repeats}", context=context, query=query, answer_prefix=prefix,
+            id=self.sample_id(index), context=context, query=query, answer_prefix=prefix,
             references=references, max_new_tokens=self.max_new_tokens, chat=self.options.chat,
             meta={"length": length, "units": units, "prompt_tokens_no_template": prompt_tokens, **meta},
         )
