@@ -1,0 +1,162 @@
+"""kvpress side of the quality comparison (``quality_vs_kvpress.py``): greedy answers from kvpress-compressed caches.
+
+Runs inside benchmarks/.kvpress-venv (``bash benchmarks/kvpress_env.sh``); never imports lavakv. Reads the
+requests ``quality_vs_kvpress.py`` wrote (token ids of each prompt's compressed part and of the part fed after it,
+generation length, stop ids, compression ratios) and writes one JSON line per request with the generated token
+ids of every press x ratio plus the uncompressed cache, and the K/V bytes each cache held.
+
+Protocol, identical to lavakv's runner (``lavakv.eval.runner.evaluate_sample``): ONE exact prefill of the
+compressed part serves every press (kvpress compresses a layer's cache after that layer's exact attention, so the
+model's computation does not depend on the press; each press's ``forward_hook`` fills its own shadow cache, as
+``kvpress_bench.py`` does and validates against real ``with press(model)`` runs). The last prompt position's
+logits start every answer. Query-agnostic requests then feed the question block through each cache with position
+ids continuing from the context length (as kvpress's pipeline does); greedy decoding follows, one cache at a time,
+with that cache's AdaKV masks installed on the attention modules.
+
+    .kvpress-venv/bin/python benchmarks/kvpress_quality.py --model-dir DIR --requests req.json --out answers.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from kvpress_bench import attention_modules, cache_entries_bytes, load, new_cache
+
+WINDOW = 32  # lavakv's default observation window (kvpress's SnapKV default is 64)
+
+
+def make_press(name: str, ratio: float):
+    """A kvpress press by name at ``compression_ratio=ratio`` (kvpress keeps ``int(n * (1 - ratio))`` per head)."""
+    from kvpress import AdaKVPress, ExpectedAttentionPress, SnapKVPress
+
+    if name == "snapkv":
+        return SnapKVPress(compression_ratio=ratio, window_size=WINDOW)
+    if name == "adakv-snapkv":
+        return AdaKVPress(SnapKVPress(compression_ratio=ratio, window_size=WINDOW))
+    if name == "expected-attention":
+        return ExpectedAttentionPress(compression_ratio=ratio)
+    if name == "adakv-expected-attention":
+        return AdaKVPress(ExpectedAttentionPress(compression_ratio=ratio))
+    raise ValueError(f"unknown press {name!r}; choose snapkv, adakv-snapkv, expected-attention, "
+                     "adakv-expected-attention")
+
+
+def shared_prefill(model, ids: torch.Tensor, presses: dict[str, object]):
+    """One exact prefill of ``ids`` ``[1, n]``; returns (uncompressed cache, {label: (shadow cache, AdaKV masks)},
+    last-position logits ``[1, vocab]``)."""
+    for press in presses.values():
+        press.post_init_from_model(model)
+    modules = attention_modules(model)
+    for module in modules:
+        module.rotary_emb = model.model.rotary_emb  # what ``with press(model)`` sets up
+    shadows = {label: new_cache(model) for label in presses}
+    masks: dict[str, dict] = {label: {} for label in presses}
+
+    def hook(module, args, kwargs, output):
+        main = kwargs["past_key_values"].layers[module.layer_idx]
+        for label, press in presses.items():
+            layer = shadows[label].layers[module.layer_idx]
+            layer.lazy_initialization(main.keys, main.values)
+            layer.keys, layer.values = main.keys, main.values  # shared, as the real cache holds them
+            module.masked_key_indices = None
+            press.forward_hook(module, args, {**kwargs, "past_key_values": shadows[label]}, output)
+            masks[label][module] = getattr(module, "masked_key_indices", None)
+            module.masked_key_indices = None
+        return output
+
+    handles = [m.register_forward_hook(hook, with_kwargs=True) for m in modules]
+    cache = new_cache(model)
+    try:
+        with torch.no_grad():
+            logits = model(ids, past_key_values=cache, logits_to_keep=1).logits[:, -1]
+    finally:
+        for handle in handles:
+            handle.remove()
+    return cache, {label: (shadows[label], masks[label]) for label in presses}, logits
+
+
+def step(model, ids: list[int], cache, past: int) -> torch.Tensor:
+    """Feed ``ids`` after ``past`` logical positions; last logits ``[1, vocab]``."""
+    block = torch.tensor([ids])
+    positions = torch.arange(past, past + len(ids))[None]
+    with torch.no_grad():
+        return model(block, past_key_values=cache, position_ids=positions, logits_to_keep=1).logits[:, -1]
+
+
+def answer(model, cache, masks: dict, logits: torch.Tensor, rest: list[int], past: int, max_new_tokens: int,
+           stops: set[int]) -> list[int]:
+    """Greedy tokens from ``cache`` (question block fed first when ``rest``), with ``masks`` installed."""
+    modules = attention_modules(model)
+    for module in modules:
+        module.masked_key_indices = masks.get(module)
+    try:
+        if rest:
+            logits = step(model, rest, cache, past)
+            past += len(rest)
+        tokens: list[int] = []
+        while True:
+            token = int(logits[0].argmax())
+            tokens.append(token)
+            if token in stops or len(tokens) >= max_new_tokens:
+                return tokens
+            logits = step(model, [token], cache, past)
+            past += 1
+    finally:
+        for module in modules:
+            module.masked_key_indices = None
+
+
+def masked_entries(masks: dict) -> int:
+    """Entries an AdaKV mask hides (summed over layers); 0 for presses that evict."""
+    return sum(int(m[0].numel()) for m in masks.values() if m is not None)
+
+
+def run(model, request: dict, presses: list[str]) -> dict:
+    context = torch.tensor([request["context"]])
+    n = context.shape[1]
+    configs = {f"{name}@{ratio:g}": make_press(name, ratio) for name in presses for ratio in request["ratios"]}
+    start = time.perf_counter()
+    full, shadows, logits = shared_prefill(model, context, configs)
+    prefill_s = time.perf_counter() - start
+    stops = set(request["stops"])
+    out = {"key": request["key"], "compressed_tokens": n, "prefill_seconds": prefill_s, "answers": {}}
+    for label, (cache, masks) in {"full": (full, {}), **shadows}.items():
+        held, nbytes = cache_entries_bytes(cache)
+        hidden = masked_entries(masks)
+        start = time.perf_counter()
+        tokens = answer(model, cache, masks, logits, request["rest"], n, request["max_new_tokens"], stops)
+        out["answers"][label] = {"tokens": tokens, "held_entries": held, "resident_kv_bytes": nbytes,
+                                 "attended_entries": held - hidden, "decode_seconds": time.perf_counter() - start}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", type=Path, required=True)
+    parser.add_argument("--requests", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="JSON lines; requests already there are skipped")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    spec = json.loads(args.requests.read_text())
+    done = set()
+    if args.out.exists():
+        done = {json.loads(line)["key"] for line in args.out.read_text().splitlines() if line.strip()}
+    model = load(args.model_dir)
+    from importlib.metadata import version
+
+    todo = [r for r in spec["requests"] if r["key"] not in done]
+    for i, request in enumerate(todo, 1):
+        record = run(model, request, spec["presses"])
+        record["kvpress"] = version("kvpress")
+        with args.out.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        print(f"[kvpress] {i}/{len(todo)} {request['key']}: prefill {record['prefill_seconds']:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
