@@ -33,8 +33,9 @@ test: setup models-all
 demo: setup models
 	$(VENV)/bin/lavakv demo
 
-# the benchmark suite (about 25 min on a quiet 2-core machine; builds kvpress's own venv); see benchmarks/RESULTS.md
-bench: setup models
+# the benchmark suite (about 25 min + the quality step on a quiet 2-core machine; builds kvpress's own venv); see
+# benchmarks/RESULTS.md
+bench: setup models-all
 	$(PY) benchmarks/bench.py
 
 clean:

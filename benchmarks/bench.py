@@ -50,6 +50,9 @@ def steps(args, results: Path, plots: Path, report: Path, ids: Path, kvpy: str, 
          + (["--repeats", "20"] if q else [])),
         ("profile", [py, f"{b}/profile_compression.py", "--model", m, "--tokens", "2048" if q else "4096",
                      "--out", str(results / f"profile_{m}.json")]),
+        ("quality", [py, f"{b}/quality_vs_kvpress.py", "--out", str(results / "quality_vs_kvpress.json")]
+         + (["--model", m, "--tasks", "ruler:vt", "--length", "600", "--samples", "1", "--ratios", "0.5"]
+            if q else [])),
         ("plots", [py, f"{b}/plots.py", "--model", m, "--results", str(results), "--out", str(plots)]),
         ("report", [py, f"{b}/report.py", "--model", m, "--results", str(results), "--plots", str(plots),
                     "--out", str(report)]),

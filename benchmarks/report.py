@@ -414,8 +414,36 @@ class Report:
     # -- 4 and reproduce ----------------------------------------------------------------------------------
     def quality(self) -> None:
         self.add("\n## 4. Quality at equal resident bytes vs kvpress\n")
-        self.add("Not measured here: the evaluation harness is being written. Section 1 gives the resident bytes "
-                 "each method holds at a given budget, which is the axis that comparison will use.")
+        q = load(self.results, "quality_vs_kvpress.json")
+        if q is None:
+            self.add("Not measured yet: run `python benchmarks/quality_vs_kvpress.py`.")
+            return
+        env = q["environment"]
+        agree = q["full_predictions_agree"]
+        self.add(f"{provenance(q)}; {q['wall_seconds'] / 60:.0f} min wall, kvpress {q['kvpress']}.\n")
+        self.add(f"`{q['model']}` (float32, CPU), tasks {', '.join(q['tasks'])} at {q['length']} tokens, "
+                 f"{q['samples_per_task']} samples per task, drawn by lavakv's generators (seed 0) and tokenized "
+                 "once: both libraries see the same token ids. Both prefill once per prompt (exact attention, so "
+                 "each method's cache equals a separate run's), start from the same last-position logits and decode "
+                 "greedily with the model's end-of-sequence ids. kvpress at `compression_ratio = r` keeps "
+                 "`int(n(1 - r))` entries per KV head; lavakv runs `budget = int(n(1 - r))` (window 32 on both sides), "
+                 "so both keep the same number of entries per layer on average. Query-aware compresses the whole "
+                 "prompt; query-agnostic compresses the context, then feeds the question (kvpress's pipeline "
+                 f"protocol). The uncompressed answers of the two libraries (transformers {env['transformers']} vs "
+                 f"kvpress's own) are the same text on {agree['same']} of {agree['total']} prompts.\n")
+        self.add("Scores are 100 x the task's own metric (RULER `string_match_all`, code `code_sim`), averaged over "
+                 "samples. *Held* is the K/V bytes the cache holds after prefill (measured from its tensors), "
+                 "*attended* the entries decoding actually uses (kvpress's AdaKV masks the rest but keeps them).\n")
+        tasks = q["tasks"]
+        for mode in q["modes"]:
+            rows = [r for r in q["summary"] if r["mode"] == mode]
+            rows.sort(key=lambda r: (r["ratio"] is not None, r["ratio"] or 0, r["library"], r["method"]))
+            body = [[r["library"], r["method"], "—" if r["ratio"] is None else f"{r['ratio']:g}",
+                     f"{r['score']:.1f}", *(f"{r['by_task'].get(t, float('nan')):.1f}" for t in tasks),
+                     mib(r["resident_kv_bytes"]), f"{r['attended_entries'] / r['held_entries']:.0%}"] for r in rows]
+            self.add(f"\n**{mode}**\n")
+            self.add(table(["library", "method", "ratio", "mean score", *tasks, "held KV MiB", "attended"], body))
+        self.add("")
 
     def reproduce(self) -> None:
         self.add("\n## Reproduce\n")
