@@ -1,6 +1,7 @@
 """Render evaluation result directories (``lavakv eval --out``) as markdown tables for benchmarks/RESULTS-eval.md.
 
     python benchmarks/eval_tables.py benchmarks/results/eval/fidelity_smollm2_4k > table.md
+    python benchmarks/eval_tables.py --by-task benchmarks/results/eval/qwen_ruler_code_4k   # tasks as columns
 
 Every number comes from the runs' metrics.json files; nothing is typed by hand.
 """
@@ -39,13 +40,41 @@ def pivot(rows: list[dict], metric: str) -> str:
     return "\n".join(lines)
 
 
-def _fmt(value) -> str:
+def task_matrix(rows: list[dict], budget: int) -> str:
+    """Methods as rows, tasks as columns (plus the RULER mean) at one budget; full shown on every table."""
+    tasks = sorted({r["task"] for r in rows})
+    ruler = [t for t in tasks if t.startswith("ruler/")]
+    table: dict[str, dict] = defaultdict(dict)
+    for r in rows:
+        if r.get("budget") in (None, budget):
+            table[r["method"]][r["task"]] = r.get("score")
+    columns = [t.removeprefix("ruler/") for t in tasks] + (["RULER mean"] if len(ruler) > 1 else [])
+    lines = ["| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for method in sorted(table, key=lambda m: (m != "full", m)):
+        cells = table[method]
+        values = [cells.get(t) for t in tasks]
+        if len(ruler) > 1:
+            scores = [cells.get(t) for t in ruler]
+            values.append(None if None in scores else sum(scores) / len(scores))
+        lines.append(f"| {method} | " + " | ".join(_fmt(v, 1) for v in values) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(value, digits: int = 3) -> str:
     if value is None:
         return "-"
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--by-task"]:  # one score table per budget, tasks as columns
+        rows = load(sys.argv[2:])
+        for budget in sorted({r["budget"] for r in rows if r.get("budget") is not None}):
+            samples = sorted({r.get("samples") for r in rows})
+            print(f"**B = {budget}** (score x 100; samples per task: {samples})\n")
+            print(task_matrix(rows, budget))
+            print()
+        return
     rows = load(sys.argv[1:])
     by_task = defaultdict(list)
     for r in rows:
