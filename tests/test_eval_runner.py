@@ -227,6 +227,18 @@ def test_fidelity_is_exact_without_eviction_and_measures_error_with_it(tmp_path)
     assert results["snapkv-b24"]["resident_kv_bytes"] < results["snapkv-b4096"]["resident_kv_bytes"]
 
 
+def test_fidelity_has_no_question_so_query_agnostic_runs_it_query_aware(tmp_path, caplog):
+    model, tokenizer = tiny_eval_pair(layers=2)
+    kwargs = dict(task="fidelity", methods=["snapkv"], budgets=[24], lengths=[160], samples=1)
+    aware = run_eval(model, tokenizer, _config(tmp_path / "a", **kwargs), model_id="tiny", progress=False)
+    with caplog.at_level("WARNING", logger="lavakv"):
+        agnostic = run_eval(model, tokenizer, _config(tmp_path / "b", agnostic=True, **kwargs), model_id="tiny",
+                            progress=False)
+    assert "no question" in caplog.text
+    assert agnostic[0].metrics["query_mode"] == "query-aware" and "__query-aware__" in agnostic[0].directory.name
+    assert agnostic[0].metrics["kl"] == aware[0].metrics["kl"]
+
+
 def test_window_attention_reproduces_the_layers_own_output():
     from lavakv.attention import ROUTES
     from lavakv.eval.tasks.fidelity import _kept, _window_attention, capture_window_queries

@@ -137,9 +137,15 @@ def run_config(task: Task, run: Run, config: EvalConfig, model, model_id: str) -
         "dtype": str(parameter.dtype).removeprefix("torch."),
         "method": run.method.describe(),
         "label": run.label,
-        "query_mode": "query-agnostic" if config.query_agnostic else "query-aware",
+        "query_mode": "query-agnostic" if agnostic_for(task, config) else "query-aware",
         "decoding": "greedy",
     }
+
+
+def agnostic_for(task: Task, config: EvalConfig) -> bool:
+    """Whether ``task`` runs query-agnostic: only tasks that generate answers to a question can (fidelity has no
+    question: it always compresses its whole prompt)."""
+    return config.query_agnostic and task.generates
 
 
 def run_directory(out: Path, resolved: dict[str, Any]) -> Path:
@@ -273,6 +279,8 @@ def run_eval(model, tokenizer, config: EvalConfig, *, model_id: str, progress: b
     full = make_method("full", window=config.window)
     with torch.no_grad(), full.attach(model) as session:
         for task in tasks:
+            if config.query_agnostic and not task.generates:
+                logger.warning("%s has no question to feed after compression: it runs query-aware", task.name)
             ids = [task.sample_id(i) for i in range(len(task))]
             states: list[_RunState] = []
             for run in runs:
@@ -304,7 +312,7 @@ def run_eval(model, tokenizer, config: EvalConfig, *, model_id: str, progress: b
                     sample = task.sample(index)
                     pending = [s for s in states if sample.id not in s.done]
                     outcomes = evaluate_sample(model, tokenizer, session, task, sample,
-                                               [s.run.method for s in pending], config.query_agnostic)
+                                               [s.run.method for s in pending], agnostic_for(task, config))
                     for state, outcome in zip(pending, outcomes, strict=True):
                         record = {"id": sample.id, "index": index, "label": state.run.label,
                                   "references": sample.references, "meta": sample.meta, **outcome,
