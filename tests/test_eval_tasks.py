@@ -176,3 +176,33 @@ def test_task_specs(tmp_path):
     data = _longbench_dir(tmp_path)
     names = [t.name for t in build_tasks("longbench", char_tokenizer(), TaskOptions(data_dir=str(data)))]
     assert names == ["longbench/hotpotqa", "longbench/trec", "longbench/passage_retrieval_en"]
+
+
+def test_longbench_without_a_directory_reads_the_datasets_cache_offline(monkeypatch):
+    import os
+    import sys
+    import types
+
+    calls = []
+    record = {"input": "Which city hosts the tower?", "context": "Passage 1:\nThe tower is in Paris.",
+              "answers": ["Paris"], "_id": "abc"}
+
+    def load_dataset(path, name, split):
+        calls.append((path, name, split, os.environ.get("HF_DATASETS_OFFLINE")))
+        if name == "qasper":
+            raise ConnectionError("offline and not cached")
+        return [record] if name == "hotpotqa" else [{"input": "q"}]
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    task = LongBenchTask(char_tokenizer(), TaskOptions(lengths=[400]), "hotpotqa")
+    assert calls == [("THUDM/LongBench", "hotpotqa", "test", "1")]  # never reaches for the network
+    assert "HF_DATASETS_OFFLINE" not in os.environ  # restored
+    assert task.sample(0).id == "L400-abc" and task.sample(0).references == ["Paris"]
+    with pytest.raises(ValueError, match=r"qasper is not in the `datasets` cache \(ConnectionError\).*--data-dir"):
+        LongBenchTask(char_tokenizer(), TaskOptions(), "qasper")
+    with pytest.raises(ValueError, match="record 0 lacks field"):
+        LongBenchTask(char_tokenizer(), TaskOptions(), "trec")
+    monkeypatch.setitem(sys.modules, "datasets", None)  # not installed
+    with pytest.raises(ValueError, match="`datasets` library is not installed"):
+        LongBenchTask(char_tokenizer(), TaskOptions(), "hotpotqa")

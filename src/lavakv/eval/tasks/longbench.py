@@ -128,12 +128,16 @@ def load_records(dataset: str, data_dir: str | None) -> list[dict[str, Any]]:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
                 raise ValueError(f"LongBench: {path} line {number} is not JSON: {error}") from None
-            missing = [f for f in FIELDS if f not in record]
-            if missing:
-                raise ValueError(f"LongBench: {path} line {number} lacks field(s) {', '.join(missing)}")
-            records.append(record)
+            records.append(_checked(record, f"{path} line {number}"))
         return records
     return _from_datasets_cache(dataset)
+
+
+def _checked(record: dict[str, Any], where: str) -> dict[str, Any]:
+    missing = [f for f in FIELDS if f not in record]
+    if missing:
+        raise ValueError(f"LongBench: {where} lacks field(s) {', '.join(missing)}")
+    return record
 
 
 def _from_datasets_cache(dataset: str) -> list[dict[str, Any]]:
@@ -154,7 +158,7 @@ def _from_datasets_cache(dataset: str) -> list[dict[str, Any]]:
             os.environ.pop("HF_DATASETS_OFFLINE", None)
         else:
             os.environ["HF_DATASETS_OFFLINE"] = previous
-    return [dict(record) for record in data]
+    return [_checked(dict(record), f"datasets cache {dataset} record {i}") for i, record in enumerate(data)]
 
 
 def truncate_middle(tokenizer, prompt: str, max_length: int) -> tuple[str, bool]:
