@@ -42,11 +42,14 @@ def pivot(rows: list[dict], metric: str) -> str:
 
 def task_matrix(rows: list[dict], budget: int) -> str:
     """Methods as rows, tasks as columns (plus the RULER mean) at one budget; full shown on every table."""
+    kinds = {(r["model"], r["query_mode"]) for r in rows}
+    if len(kinds) > 1:
+        raise SystemExit(f"--by-task: the directories mix models / query modes {sorted(kinds)}; give one kind")
     tasks = sorted({r["task"] for r in rows})
     ruler = [t for t in tasks if t.startswith("ruler/")]
     table: dict[str, dict] = defaultdict(dict)
     for r in rows:
-        if r.get("budget") in (None, budget):
+        if r["method"] == "full" or r.get("budget") == budget:
             table[r["method"]][r["task"]] = r.get("score")
     columns = [t.removeprefix("ruler/") for t in tasks] + (["RULER mean"] if len(ruler) > 1 else [])
     lines = ["| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
@@ -70,8 +73,10 @@ def main() -> None:
     if sys.argv[1:2] == ["--by-task"]:  # one score table per budget, tasks as columns
         rows = load(sys.argv[2:])
         for budget in sorted({r["budget"] for r in rows if r.get("budget") is not None}):
-            samples = sorted({r.get("samples") for r in rows})
-            print(f"**B = {budget}** (score x 100; samples per task: {samples})\n")
+            tasks = sorted({r["task"] for r in rows})
+            samples = {t: min(r.get("samples", 0) for r in rows if r["task"] == t) for t in tasks}
+            counts = ", ".join(f"{t.removeprefix('ruler/')} {n}" for t, n in samples.items())
+            print(f"**B = {budget}** (score x 100; samples per task: {counts})\n")
             print(task_matrix(rows, budget))
             print()
         return

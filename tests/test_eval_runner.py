@@ -196,9 +196,20 @@ def test_more_samples_extend_a_finished_run_and_fewer_reuse_it(tmp_path, monkeyp
         assert a.metrics["score"] == b.metrics["score"]
     evaluated.clear()
     fewer = run_eval(model, tokenizer, _config(tmp_path, samples=1, **grid), model_id="tiny", progress=False)
-    assert evaluated == []  # every sample asked for has a record: metrics recomputed over those alone
-    assert [r.metrics for r in sorted(fewer, key=lambda r: r.label)] == \
-        [r.metrics for r in sorted(first, key=lambda r: r.label)]
+    assert evaluated == []  # every sample asked for has a record: metrics over those alone
+    for a, b in zip(sorted(fewer, key=lambda r: r.label), sorted(first, key=lambda r: r.label), strict=True):
+        assert a.status == "skipped" and {k: v for k, v in a.metrics.items() if k != "sample_ids_on_disk"} == b.metrics
+        on_disk = json.loads((a.directory / "metrics.json").read_text())
+        assert on_disk["samples"] == 8  # the larger run's metrics stay
+    provenance = json.loads((more[0].directory / "provenance.json").read_text())
+    assert len(provenance["later_sessions"]) == 1  # the extending session is recorded
+
+
+def test_repeated_sample_ids_are_refused(tmp_path):
+    model, tokenizer = tiny_eval_pair()
+    with pytest.raises(ValueError, match="occur more than once; remove repeated --lengths"):
+        run_eval(model, tokenizer, _config(tmp_path, methods=["full"], lengths=[200, 200]), model_id="tiny",
+                 progress=False)
 
 
 def test_bad_method_or_budget_fails_before_any_work(tmp_path):
@@ -266,3 +277,13 @@ def test_window_attention_reproduces_the_layers_own_output():
         b, h, g, w, d = y.shape
         expected = outputs[index][:, -8:]  # [b, w, q_heads, d]
         assert torch.allclose(y.reshape(b, h * g, w, d).transpose(1, 2), expected, atol=1e-5)
+
+
+def test_a_last_record_without_its_newline_is_kept_and_the_line_ended(tmp_path):
+    path = tmp_path / PREDICTIONS
+    path.write_text('{"id": "a"}\n{"id": "b"}')
+    assert [r["id"] for r in read_predictions(path)] == ["a", "b"]
+    runner_module.append_record(path, {"id": "c"})
+    assert [r["id"] for r in read_predictions(path)] == ["a", "b", "c"]
+    path.write_text('{"id": "a"}\n{"id": "b')  # torn: dropped, file repaired
+    assert [r["id"] for r in read_predictions(path)] == ["a"] and path.read_text() == '{"id": "a"}\n'

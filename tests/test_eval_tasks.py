@@ -186,23 +186,26 @@ def test_longbench_without_a_directory_reads_the_datasets_cache_offline(monkeypa
     calls = []
     record = {"input": "Which city hosts the tower?", "context": "Passage 1:\nThe tower is in Paris.",
               "answers": ["Paris"], "_id": "abc"}
+    config = types.SimpleNamespace(HF_DATASETS_OFFLINE=False)
 
     def load_dataset(path, name, split):
-        calls.append((path, name, split, os.environ.get("HF_DATASETS_OFFLINE")))
+        calls.append((path, name, split, os.environ.get("HF_DATASETS_OFFLINE"), config.HF_DATASETS_OFFLINE))
         if name == "qasper":
             raise ConnectionError("offline and not cached")
-        return [record] if name == "hotpotqa" else [{"input": "q"}]
+        return [record] if name == "hotpotqa" else [record, record] if name == "lcc" else [{"input": "q"}]
 
-    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset, config=config))
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     task = LongBenchTask(char_tokenizer(), TaskOptions(lengths=[400]), "hotpotqa")
-    assert calls == [("THUDM/LongBench", "hotpotqa", "test", "1")]  # never reaches for the network
-    assert "HF_DATASETS_OFFLINE" not in os.environ  # restored
+    assert calls == [("THUDM/LongBench", "hotpotqa", "test", "1", True)]  # never reaches for the network
+    assert "HF_DATASETS_OFFLINE" not in os.environ and config.HF_DATASETS_OFFLINE is False  # restored
     assert task.sample(0).id == "L400-abc" and task.sample(0).references == ["Paris"]
     with pytest.raises(ValueError, match=r"qasper is not in the `datasets` cache \(ConnectionError\).*--data-dir"):
         LongBenchTask(char_tokenizer(), TaskOptions(), "qasper")
     with pytest.raises(ValueError, match="record 0 lacks field"):
         LongBenchTask(char_tokenizer(), TaskOptions(), "trec")
+    with pytest.raises(ValueError, match="records share the _id abc"):
+        LongBenchTask(char_tokenizer(), TaskOptions(), "lcc")
     monkeypatch.setitem(sys.modules, "datasets", None)  # not installed
     with pytest.raises(ValueError, match="`datasets` library is not installed"):
         LongBenchTask(char_tokenizer(), TaskOptions(), "hotpotqa")

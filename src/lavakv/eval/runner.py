@@ -7,15 +7,17 @@ For each task, each (method, budget or ratio) is a *run* with its own directory 
         provenance.json     package version + git commit, torch / transformers, model + sha256, dtype, attention
                             implementation, seeds, start time; wall time added as runs progress and finish
         predictions.jsonl   one record per sample, appended (and flushed) as soon as it is scored
-        metrics.json        written when every sample is done; its presence marks the run finished
+        metrics.json        written when every sample asked for is done (lists their ids; a run whose metrics
+                            list exactly the samples asked for is finished)
 
 The directory name is deterministic (the hash covers everything that decides the numbers except how many samples
 are drawn), so a re-run finds finished runs and skips them, and resumes unfinished ones at the samples their
 predictions lack: an interrupted run loses no finished sample, and a re-run with a larger ``--samples`` only
-computes the new samples (records are matched by sample id; ``metrics.json`` covers exactly the samples asked
-for and lists their ids). For each sample still missing somewhere, ONE ``session.prefill`` fills a
-compressed cache for every pending run (prefill attention is exact, so each cache equals a separate run's), then
-each cache is decoded greedily on its own (:mod:`lavakv.eval.decode`).
+computes the new samples (records are matched by sample id; sample ids must be unique). A re-run with fewer
+samples reports metrics over those alone but leaves the larger ``metrics.json`` in place; a resumed run appends the
+session (git commit, versions, time) to its provenance. For each sample still missing somewhere, ONE
+``session.prefill`` fills a compressed cache for every pending run (prefill attention is exact, so each cache
+equals a separate run's), then each cache is decoded greedily on its own (:mod:`lavakv.eval.decode`).
 """
 
 from __future__ import annotations
@@ -160,7 +162,8 @@ def read_predictions(path: Path) -> list[dict[str, Any]]:
     """The records of a predictions file; a torn last line (interrupted write) is dropped and the file repaired."""
     if not path.exists():
         return []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
     records = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -172,6 +175,9 @@ def read_predictions(path: Path) -> list[dict[str, Any]]:
                 raise ValueError(f"{path} line {number} is not JSON; delete the run directory to redo it") from None
             logger.warning("%s: dropping a torn last line (interrupted write)", path)
             path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+            return records
+    if text and not text.endswith("\n"):  # a whole last record whose newline was not written: end the line
+        path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     return records
 
 
@@ -282,6 +288,10 @@ def run_eval(model, tokenizer, config: EvalConfig, *, model_id: str, progress: b
             if config.query_agnostic and not task.generates:
                 logger.warning("%s has no question to feed after compression: it runs query-aware", task.name)
             ids = [task.sample_id(i) for i in range(len(task))]
+            if len(set(ids)) != len(ids):
+                repeated = sorted({i for i in ids if ids.count(i) > 1})
+                raise ValueError(f"{task.name}: samples {', '.join(repeated[:5])} occur more than once; remove "
+                                 "repeated --lengths / --depths values (LongBench: records with the same _id)")
             states: list[_RunState] = []
             for run in runs:
                 resolved = run_config(task, run, config, model, model_id)
@@ -294,13 +304,20 @@ def run_eval(model, tokenizer, config: EvalConfig, *, model_id: str, progress: b
                 directory.mkdir(parents=True, exist_ok=True)
                 if not (directory / CONFIG).exists():
                     write_json(directory / CONFIG, resolved)
-                if not (directory / PROVENANCE).exists():
-                    record = collect(model, model_id, seed=config.options.seed,
-                                     attn_implementation=attn_implementation)
-                    record["attention_route"] = "lavakv attention function (exact SDPA prefill; kept entries after)"
-                    record["wall_seconds"] = 0.0
-                    write_json(directory / PROVENANCE, record)
+                session_record = collect(model, model_id, seed=config.options.seed,
+                                         attn_implementation=attn_implementation)
                 records = read_predictions(directory / PREDICTIONS)
+                if not (directory / PROVENANCE).exists():
+                    session_record["attention_route"] = ("lavakv attention function (exact SDPA prefill; kept "
+                                                         "entries after)")
+                    session_record["wall_seconds"] = 0.0
+                    write_json(directory / PROVENANCE, session_record)
+                elif any(i not in {r["id"] for r in records} for i in ids):  # resumed or extended: log the session
+                    provenance = json.loads((directory / PROVENANCE).read_text())
+                    provenance.setdefault("later_sessions", []).append(
+                        {k: session_record.get(k) for k in ("lavakv_version", "git", "torch", "transformers",
+                                                            "model_sha256", "started_at")})
+                    write_json(directory / PROVENANCE, provenance)
                 states.append(_RunState(run, directory, {r["id"] for r in records}, records))
             if not states:
                 continue
@@ -326,7 +343,8 @@ def run_eval(model, tokenizer, config: EvalConfig, *, model_id: str, progress: b
                     _add_wall_time(state.directory, elapsed)
             for state in states:
                 metrics = finish_run(task, state, ids)
-                results.append(RunResult(state.directory, task.name, state.run.label, "finished", metrics))
+                status = "skipped" if "sample_ids_on_disk" in metrics else "finished"
+                results.append(RunResult(state.directory, task.name, state.run.label, status, metrics))
     return results
 
 
@@ -337,13 +355,15 @@ def _add_wall_time(directory: Path, seconds: float) -> None:
     write_json(path, record)
 
 
+def _metrics_on_disk(directory: Path) -> dict[str, Any] | None:
+    path = directory / METRICS
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def _finished_metrics(directory: Path, ids: list[str]) -> dict[str, Any] | None:
     """The run's metrics if it finished exactly the samples ``ids`` before, else None."""
-    path = directory / METRICS
-    if not path.exists():
-        return None
-    metrics = json.loads(path.read_text())
-    return metrics if metrics.get("sample_ids") == ids else None
+    metrics = _metrics_on_disk(directory)
+    return metrics if metrics is not None and metrics.get("sample_ids") == ids else None
 
 
 def finish_run(task: Task, state: _RunState, ids: list[str]) -> dict[str, Any]:
@@ -356,6 +376,22 @@ def finish_run(task: Task, state: _RunState, ids: list[str]) -> dict[str, Any]:
     if missing:
         raise RuntimeError(f"{state.directory}: no record for samples {', '.join(missing)}")
     ordered = [by_id[i] for i in ids]
+    previous = _metrics_on_disk(state.directory)
+    if previous is not None and set(ids) < set(previous.get("sample_ids") or []):
+        # fewer samples than a finished run of this directory: report them, keep the larger metrics.json
+        return {**_aggregate(task, state, config, ordered, ids), "sample_ids_on_disk": previous["sample_ids"]}
+    metrics = _aggregate(task, state, config, ordered, ids)
+    write_json(state.directory / METRICS, metrics)
+    path = state.directory / PROVENANCE
+    record = json.loads(path.read_text())
+    record["finished_at"] = now()
+    write_json(path, record)
+    return metrics
+
+
+def _aggregate(task: Task, state: _RunState, config: dict[str, Any], ordered: list[dict[str, Any]],
+               ids: list[str]) -> dict[str, Any]:
+    """The metrics of ``ordered`` (the records of samples ``ids``)."""
     aggregate = task.aggregate(ordered)
 
     def mean(key: str) -> float | None:
@@ -372,9 +408,4 @@ def finish_run(task: Task, state: _RunState, ids: list[str]) -> dict[str, Any]:
         "kept_entries": mean("kept_entries"), "prompt_tokens": mean("prompt_tokens"),
         "new_tokens": mean("new_tokens"), "decode_seconds": sum(r.get("decode_seconds") or 0.0 for r in ordered),
     }
-    write_json(state.directory / METRICS, metrics)
-    path = state.directory / PROVENANCE
-    record = json.loads(path.read_text())
-    record["finished_at"] = now()
-    write_json(path, record)
     return metrics

@@ -23,7 +23,7 @@ class TaskOptions:
             fidelity: compressed prompt; longbench: middle-truncation ``max_length``). None: the task's default.
         depths: needle depths, fractions in [0, 1].
         samples: samples per length (per grid cell for needle); None: the task's default.
-        seed: base seed; sample ``i`` uses a seed derived from it and ``i``.
+        seed: base seed; each sample's seed is derived from it, the sample's grid cell and its repeat number.
         max_new_tokens: overrides each task's own generation length.
         chat: wrap prompts in the tokenizer's chat template where the task's protocol does.
         haystack_file: a UTF-8 text file used as needle haystack instead of generated filler.
@@ -100,7 +100,7 @@ class Task:
         raise NotImplementedError
 
     def settings(self) -> dict[str, Any]:
-        """Generator settings that decide the samples (they enter the run's config and its directory name)."""
+        """Generator settings, sample counts included (:meth:`identity`, without the counts, names the run)."""
         return {"seed": self.options.seed, "samples": len(self)}
 
     def sample_id(self, index: int) -> str:

@@ -14,6 +14,7 @@ instructions) afterwards; when middle truncation cut into that rest the sample r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -141,23 +142,35 @@ def _checked(record: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _from_datasets_cache(dataset: str) -> list[dict[str, Any]]:
-    hint = "pass --data-dir with the official LongBench JSONL files (data.zip of THUDM/LongBench, unpacked)"
-    try:
-        import datasets
-    except ImportError:
-        raise ValueError(f"LongBench data: no --data-dir and the `datasets` library is not installed; {hint}") from None
     previous = os.environ.get("HF_DATASETS_OFFLINE")
-    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"  # read when datasets is first imported
     try:
-        data = datasets.load_dataset("THUDM/LongBench", dataset, split="test")
-    except Exception as error:  # noqa: BLE001 - any failure means: not in the cache
-        reason = type(error).__name__
-        raise ValueError(f"LongBench {dataset} is not in the `datasets` cache ({reason}); {hint}") from None
+        return _load_offline(dataset)
     finally:
         if previous is None:
             os.environ.pop("HF_DATASETS_OFFLINE", None)
         else:
             os.environ["HF_DATASETS_OFFLINE"] = previous
+
+
+def _load_offline(dataset: str) -> list[dict[str, Any]]:
+    hint = "pass --data-dir with the official LongBench JSONL files (data.zip of THUDM/LongBench, unpacked)"
+    try:
+        import datasets
+    except ImportError:
+        raise ValueError(f"LongBench data: no --data-dir and the `datasets` library is not installed; {hint}") from None
+    config = getattr(datasets, "config", None)
+    was = getattr(config, "HF_DATASETS_OFFLINE", None)  # datasets imported earlier read the variable then
+    if was is not None:
+        config.HF_DATASETS_OFFLINE = True
+    try:
+        data = datasets.load_dataset("THUDM/LongBench", dataset, split="test")
+    except Exception as error:  # noqa: BLE001 - any failure means: not in the cache
+        raise ValueError(f"LongBench {dataset} is not in the `datasets` cache ({type(error).__name__}); {hint}"
+                         ) from None
+    finally:
+        if was is not None:
+            config.HF_DATASETS_OFFLINE = was
     return [_checked(dict(record), f"datasets cache {dataset} record {i}") for i, record in enumerate(data)]
 
 
@@ -181,6 +194,13 @@ class LongBenchTask(Task):
         self.dataset = dataset
         self.name = f"longbench/{dataset}"
         self.records = load_records(dataset, options.data_dir)
+        # the data's content names the run (a changed file never mixes with records scored on the old one)
+        self.data_sha256 = hashlib.sha256(json.dumps(self.records, sort_keys=True, default=str).encode()).hexdigest()
+        ids = [str(r.get("_id", i)) for i, r in enumerate(self.records)]
+        if len(set(ids)) != len(ids):
+            repeated = sorted({i for i in ids if ids.count(i) > 1})
+            raise ValueError(f"LongBench {dataset}: records share the _id {', '.join(repeated[:5])}; ids must be "
+                             "unique (they name the samples)")
         if options.samples is not None:
             self.records = self.records[: options.samples]
         if not self.records:
@@ -197,7 +217,7 @@ class LongBenchTask(Task):
         return {"dataset": self.dataset, "max_lengths": self.lengths, "records": len(self.records),
                 "record_ids": ids, "max_new_tokens": self.max_new_tokens, "metric": self.metric,
                 "chat": self.options.chat and self.dataset not in NO_CHAT,
-                "source": self.options.data_dir or "datasets cache (THUDM/LongBench)"}
+                "source": self.options.data_dir or "datasets cache (THUDM/LongBench)", "data_sha256": self.data_sha256}
 
     def sample_id(self, index: int) -> str:
         max_length = self.lengths[index // len(self.records)]
