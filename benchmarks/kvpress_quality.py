@@ -27,17 +27,15 @@ from pathlib import Path
 import torch
 from kvpress_bench import attention_modules, cache_entries_bytes, load, new_cache
 
-WINDOW = 32  # lavakv's default observation window (kvpress's SnapKV default is 64)
 
-
-def make_press(name: str, ratio: float):
+def make_press(name: str, ratio: float, window: int):
     """A kvpress press by name at ``compression_ratio=ratio`` (kvpress keeps ``int(n * (1 - ratio))`` per head)."""
     from kvpress import AdaKVPress, ExpectedAttentionPress, SnapKVPress
 
     if name == "snapkv":
-        return SnapKVPress(compression_ratio=ratio, window_size=WINDOW)
+        return SnapKVPress(compression_ratio=ratio, window_size=window)
     if name == "adakv-snapkv":
-        return AdaKVPress(SnapKVPress(compression_ratio=ratio, window_size=WINDOW))
+        return AdaKVPress(SnapKVPress(compression_ratio=ratio, window_size=window))
     if name == "expected-attention":
         return ExpectedAttentionPress(compression_ratio=ratio)
     if name == "adakv-expected-attention":
@@ -116,15 +114,16 @@ def masked_entries(masks: dict) -> int:
     return sum(int(m[0].numel()) for m in masks.values() if m is not None)
 
 
-def run(model, request: dict, presses: list[str]) -> dict:
+def run(model, request: dict, presses: list[str], window: int) -> dict:
     context = torch.tensor([request["context"]])
     n = context.shape[1]
-    configs = {f"{name}@{ratio:g}": make_press(name, ratio) for name in presses for ratio in request["ratios"]}
+    configs = {f"{name}@{ratio!r}": make_press(name, ratio, window) for name in presses for ratio in request["ratios"]}
     start = time.perf_counter()
     full, shadows, logits = shared_prefill(model, context, configs)
     prefill_s = time.perf_counter() - start
     stops = set(request["stops"])
-    out = {"key": request["key"], "compressed_tokens": n, "prefill_seconds": prefill_s, "answers": {}}
+    out = {"key": request["key"], "digest": request["digest"], "compressed_tokens": n, "prefill_seconds": prefill_s,
+           "answers": {}, "presses": {label: repr(press) for label, press in configs.items()}}
     for label, (cache, masks) in {"full": (full, {}), **shadows}.items():
         held, nbytes = cache_entries_bytes(cache)
         hidden = masked_entries(masks)
@@ -139,19 +138,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, required=True)
     parser.add_argument("--requests", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True, help="JSON lines; requests already there are skipped")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="JSON lines; requests answered there before (same digest) are skipped")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     spec = json.loads(args.requests.read_text())
     done = set()
     if args.out.exists():
-        done = {json.loads(line)["key"] for line in args.out.read_text().splitlines() if line.strip()}
+        for line in args.out.read_text().splitlines():
+            try:
+                done.add(json.loads(line)["digest"])
+            except (json.JSONDecodeError, KeyError):  # a torn last line or an older record: redone
+                continue
     model = load(args.model_dir)
     from importlib.metadata import version
 
-    todo = [r for r in spec["requests"] if r["key"] not in done]
+    todo = [r for r in spec["requests"] if r["digest"] not in done]
     for i, request in enumerate(todo, 1):
-        record = run(model, request, spec["presses"])
+        record = run(model, request, spec["presses"], spec["window"])
         record["kvpress"] = version("kvpress")
         with args.out.open("a") as handle:
             handle.write(json.dumps(record) + "\n")

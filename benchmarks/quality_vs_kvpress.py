@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import json
 import logging
 import statistics
@@ -63,10 +64,13 @@ def build_requests(tokenizer, model, tasks, args) -> tuple[list[dict], dict]:
                 context = ids.context if agnostic else ids.whole
                 key = f"{task.name}|{sample.id}|{mode}"
                 samples[key] = (task, sample)
-                requests.append({"key": key, "task": task.name, "sample": sample.id, "mode": mode,
-                                 "context": context, "rest": ids.rest if agnostic else [],
-                                 "max_new_tokens": sample.max_new_tokens, "stops": sorted(stops),
-                                 "ratios": args.ratios})
+                request = {"key": key, "task": task.name, "sample": sample.id, "mode": mode, "context": context,
+                           "rest": ids.rest if agnostic else [], "max_new_tokens": sample.max_new_tokens,
+                           "stops": sorted(stops), "ratios": args.ratios}
+                # everything the kvpress answers depend on: a stale answer in --work is never reused
+                identity = {**request, "model": args.model, "presses": args.presses, "window": args.window}
+                request["digest"] = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+                requests.append(request)
     return requests, samples
 
 
@@ -75,11 +79,18 @@ def run_kvpress(requests: list[dict], args, model_dir: Path, work: Path) -> dict
     done = subprocess.run(["bash", str(HERE / "kvpress_env.sh")], capture_output=True, text=True, check=True)
     python = done.stdout.strip().splitlines()[-1]
     spec = work / "requests.json"
-    spec.write_text(json.dumps({"presses": args.presses, "requests": requests}))
+    spec.write_text(json.dumps({"presses": args.presses, "window": args.window, "requests": requests}))
     answers = work / "kvpress_answers.jsonl"
     subprocess.run([python, str(HERE / "kvpress_quality.py"), "--model-dir", str(model_dir), "--requests",
                     str(spec), "--out", str(answers)], cwd=HERE, check=True)
-    return {r["key"]: r for r in map(json.loads, answers.read_text().splitlines()) if r.get("key")}
+    by_digest = {}
+    for line in answers.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        by_digest[record.get("digest")] = record
+    return {r["key"]: by_digest[r["digest"]] for r in requests}
 
 
 def run_lavakv(model, tokenizer, requests: list[dict], samples: dict, args) -> dict[str, dict]:
@@ -95,7 +106,7 @@ def run_lavakv(model, tokenizer, requests: list[dict], samples: dict, args) -> d
             runs = {"full": method("full")}
             for name in args.methods:
                 for ratio in args.ratios:
-                    runs[f"{name}@{ratio:g}"] = method(name, budget=n_kept(n, ratio), window=args.window)
+                    runs[f"{name}@{ratio!r}"] = method(name, budget=n_kept(n, ratio), window=args.window)
             start = time.perf_counter()
             records = evaluate_sample(model, tokenizer, session, task, sample, list(runs.values()),
                                       request["mode"] == "query-agnostic")
@@ -199,10 +210,16 @@ def main() -> None:
     theirs = run_kvpress(requests, args, converted_dir(args.model), args.work)
     rows = rows_from(requests, samples, ours, theirs, tokenizer)
     agree = [r for r in rows if r["method"] == "full"]
+    from lavakv import method
+
+    first = next(iter(theirs.values()))
     write_result(args.out, {
         "argv": sys.argv, "model": args.model, "tasks": [t.name for t in tasks], "length": args.length,
-        "samples_per_task": args.samples, "ratios": args.ratios, "modes": args.modes, "window": args.window,
-        "kvpress": next(iter(theirs.values()))["kvpress"], "wall_seconds": time.perf_counter() - started,
+        "samples_per_task": args.samples, "seed": args.seed, "ratios": args.ratios, "modes": args.modes,
+        "window": args.window, "score_names": {t.name: t.score_name for t in tasks},
+        "lavakv_methods": {name: method(name, budget=256, window=args.window).describe() for name in args.methods},
+        "kvpress_presses": first["presses"],
+        "kvpress": first["kvpress"], "wall_seconds": time.perf_counter() - started,
         "full_predictions_agree": _full_agreement(agree),
         "summary": summary(rows), "rows": rows,
     })

@@ -413,7 +413,7 @@ class Report:
 
     # -- 4 and reproduce ----------------------------------------------------------------------------------
     def quality(self) -> None:
-        self.add("\n## 4. Quality at equal resident bytes vs kvpress\n")
+        self.add("\n## 4. Quality at matched compression vs kvpress, with the bytes each holds\n")
         q = load(self.results, "quality_vs_kvpress.json")
         if q is None:
             self.add("Not measured yet: run `python benchmarks/quality_vs_kvpress.py`.")
@@ -422,18 +422,27 @@ class Report:
         agree = q["full_predictions_agree"]
         self.add(f"{provenance(q)}; {q['wall_seconds'] / 60:.0f} min wall, kvpress {q['kvpress']}.\n")
         self.add(f"`{q['model']}` (float32, CPU), tasks {', '.join(q['tasks'])} at {q['length']} tokens, "
-                 f"{q['samples_per_task']} samples per task, drawn by lavakv's generators (seed 0) and tokenized "
+                 f"{q['samples_per_task']} sample(s) per task, drawn by lavakv's generators (seed {q['seed']}) and "
+                 "tokenized "
                  "once: both libraries see the same token ids. Both prefill once per prompt (exact attention, so "
                  "each method's cache equals a separate run's), start from the same last-position logits and decode "
                  "greedily with the model's end-of-sequence ids. kvpress at `compression_ratio = r` keeps "
-                 "`int(n(1 - r))` entries per KV head; lavakv runs `budget = int(n(1 - r))` (window 32 on both sides), "
+                 f"`int(n(1 - r))` entries per KV head; lavakv runs `budget = int(n(1 - r))` (window {q['window']}), "
                  "so both keep the same number of entries per layer on average. Query-aware compresses the whole "
                  "prompt; query-agnostic compresses the context, then feeds the question (kvpress's pipeline "
                  f"protocol). The uncompressed answers of the two libraries (transformers {env['transformers']} vs "
                  f"kvpress's own) are the same text on {agree['same']} of {agree['total']} prompts.\n")
-        self.add("Scores are 100 x the task's own metric (RULER `string_match_all`, code `code_sim`), averaged over "
-                 "samples. *Held* is the K/V bytes the cache holds after prefill (measured from its tensors), "
-                 "*attended* the entries decoding actually uses (kvpress's AdaKV masks the rest but keeps them).\n")
+        metrics = ", ".join(f"{t} `{m}`" for t, m in q["score_names"].items())
+        self.add(f"Scores are 100 x the task's own metric ({metrics}), averaged over samples. *Held* is the K/V bytes "
+                 "the cache holds after prefill (measured from its tensors), *attended* the entries decoding actually "
+                 "uses (kvpress's AdaKV masks the rest but keeps them).\n")
+        ours = "; ".join(f"`{n}`: scorer {d['scorer']}, layers {d['layers']}, heads {d['heads']}, "
+                         + ", ".join(f"{k}={v}" for k, v in d["params"].items())
+                         for n, d in q["lavakv_methods"].items())
+        theirs = "; ".join(sorted({re.sub(r"compression_ratio=[0-9.e-]+", "compression_ratio=r", v)
+                                   for v in q["kvpress_presses"].values()}))
+        self.add(f"Each library runs its own defaults for a method of the same name, which differ: lavakv {ours}. "
+                 f"kvpress: {theirs}.\n")
         tasks = q["tasks"]
         for mode in q["modes"]:
             rows = [r for r in q["summary"] if r["mode"] == mode]
