@@ -11,7 +11,7 @@ from test_eval_support import char_tokenizer
 
 from lavakv.eval.prompting import count_tokens, encode_prompt
 from lavakv.eval.tasks import TaskOptions, build_tasks, parse_task_spec
-from lavakv.eval.tasks.code import CodeTask
+from lavakv.eval.tasks.code import CodeTask, string_lines
 from lavakv.eval.tasks.longbench import LongBenchTask, summarize, truncate_middle
 from lavakv.eval.tasks.needle import NeedleTask
 from lavakv.eval.tasks.ruler import SUBTASKS, RulerTask
@@ -87,18 +87,26 @@ def test_ruler_samples_fit_the_length_and_hold_their_answers(subtask):
 
 def test_code_samples_cut_real_stdlib_files():
     tokenizer = char_tokenizer()
-    task = CodeTask(tokenizer, TaskOptions(lengths=[600], samples=3, seed=5))
-    for i in range(3):
+    task = CodeTask(tokenizer, TaskOptions(lengths=[600], samples=8, seed=5))
+    for i in range(8):
         sample = task.sample(i)
-        lines = read_source(stdlib_root() / sample.meta["file"]).split("\n")
+        source = read_source(stdlib_root() / sample.meta["file"])
+        lines = source.split("\n")
         cut = sample.meta["line"] - 1
         assert sample.references == [lines[cut].strip()] and sample.references[0]
-        assert "#" not in lines[cut]
+        assert "#" not in lines[cut] and cut not in string_lines(source)
         code = sample.context.removeprefix("Please complete the code given below. \n")
         assert code == "\n".join(lines[cut - sample.meta["context_lines"]:cut]) + "\n"
         assert count_tokens(tokenizer, sample.context) <= 600
         assert sample.query == "Next line of code:\n" and not sample.chat
     assert task.score(sample, "  " + sample.references[0] + "\nnext") == {"code_sim": 1.0}
+
+
+def test_string_lines_marks_docstrings_and_multiline_strings_only():
+    source = ('def f(x):\n    """Doc line one.\n\n    More prose here.\n    """\n    y = """a\nb"""\n'
+              "    'one-liner'\n    z = 'not a docstring'\n    return x\n")
+    assert string_lines(source) == {1, 2, 3, 4, 5, 6, 7}
+    assert string_lines("x = (\n") == set()  # does not tokenize: no lines marked
 
 
 def _longbench_dir(tmp_path):
