@@ -217,6 +217,7 @@ def main() -> None:
         "argv": sys.argv, "model": args.model, "tasks": [t.name for t in tasks], "length": args.length,
         "samples_per_task": args.samples, "seed": args.seed, "ratios": args.ratios, "modes": args.modes,
         "window": args.window, "score_names": {t.name: t.score_name for t in tasks},
+        "task_settings": {t.name: t.identity() for t in tasks},
         "lavakv_methods": {name: method(name, budget=256, window=args.window).describe() for name in args.methods},
         "kvpress_presses": first["presses"],
         "kvpress": first["kvpress"], "wall_seconds": time.perf_counter() - started,

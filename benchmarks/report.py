@@ -432,6 +432,9 @@ class Report:
                  "prompt; query-agnostic compresses the context, then feeds the question (kvpress's pipeline "
                  f"protocol). The uncompressed answers of the two libraries (transformers {env['transformers']} vs "
                  f"kvpress's own) are the same text on {agree['same']} of {agree['total']} prompts.\n")
+        if "code" in q["tasks"] and "cut_line" not in q.get("task_settings", {}).get("code", {}):
+            self.add("These code samples were drawn before the code task excluded cut lines inside string literals "
+                     "(commit a748f21), so a cut could fall on docstring prose; a re-run draws other samples.\n")
         metrics = ", ".join(f"{t} `{m}`" for t, m in q["score_names"].items())
         self.add(f"Scores are 100 x the task's own metric ({metrics}), averaged over samples. *Held* is the K/V bytes "
                  "the cache holds after prefill (measured from its tensors), *attended* the entries decoding actually "
