@@ -20,6 +20,7 @@ measured from the cache tensors.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 
@@ -89,16 +91,20 @@ def attention_modules(model) -> list[torch.nn.Module]:
 
 
 def multiplexed_prefill(model, ids, configs: dict[str, object]) -> dict:
-    """One exact prefill; each press's own forward_hook compresses a shadow cache per config."""
-    from kvpress import AdaKVPress
+    """One exact prefill; each press's own forward_hook compresses a shadow cache per config.
 
+    Returns ``full`` (the uncompressed cache), ``shadows`` {label: cache}, ``masks`` {label: {attention module:
+    AdaKV masked-key indices or None}}, ``seconds`` {label: time in its hook}, ``total_s`` and ``logits`` (last
+    position, ``[1, vocab]``).
+    """
     for press in configs.values():
         press.post_init_from_model(model)
-    for module in attention_modules(model):
+    modules = attention_modules(model)
+    for module in modules:
         module.rotary_emb = model.model.rotary_emb  # what ``with press(model)`` sets up
     shadows = {label: new_cache(model) for label in configs}
+    masks: dict[str, dict] = {label: {} for label in configs}
     seconds = dict.fromkeys(configs, 0.0)
-    masked = dict.fromkeys(configs, 0)
 
     def hook(module, args, kwargs, output):
         main = kwargs["past_key_values"].layers[module.layer_idx]
@@ -106,25 +112,44 @@ def multiplexed_prefill(model, ids, configs: dict[str, object]) -> dict:
             layer = shadows[label].layers[module.layer_idx]
             layer.lazy_initialization(main.keys, main.values)
             layer.keys, layer.values = main.keys, main.values  # shared, as the real cache holds them
+            module.masked_key_indices = None
             start = time.perf_counter()
             press.forward_hook(module, args, {**kwargs, "past_key_values": shadows[label]}, output)
             seconds[label] += time.perf_counter() - start
-            if isinstance(press, AdaKVPress) and getattr(module, "masked_key_indices", None) is not None:
-                masked[label] += int(module.masked_key_indices[0].numel())
-                module.masked_key_indices = None
+            masks[label][module] = getattr(module, "masked_key_indices", None)  # set by AdaKV only
+            module.masked_key_indices = None
         return output
 
-    handles = [m.register_forward_hook(hook, with_kwargs=True) for m in attention_modules(model)]
+    handles = [m.register_forward_hook(hook, with_kwargs=True) for m in modules]
     cache = new_cache(model)
     try:
         start = time.perf_counter()
         with torch.no_grad():
-            model(ids, past_key_values=cache, logits_to_keep=1)
+            logits = model(ids, past_key_values=cache, logits_to_keep=1).logits[:, -1]
         total = time.perf_counter() - start
     finally:
         for h in handles:
             h.remove()
-    return {"full": cache, "shadows": shadows, "seconds": seconds, "masked": masked, "total_s": total}
+    return {"full": cache, "shadows": shadows, "masks": masks, "seconds": seconds, "total_s": total,
+            "logits": logits}
+
+
+def masked_entries(masks: dict) -> int:
+    """Entries a cache's AdaKV masks hide, summed over layers (0 for presses that evict)."""
+    return sum(int(m[0].numel()) for m in masks.values() if m is not None)
+
+
+@contextlib.contextmanager
+def installed(masks: dict) -> Iterator[None]:
+    """Install one cache's AdaKV masks ({attention module: indices or None}) while it decodes; kvpress's attention
+    patch reads them from the modules."""
+    for module, mask in masks.items():
+        module.masked_key_indices = mask
+    try:
+        yield
+    finally:
+        for module in masks:
+            module.masked_key_indices = None
 
 
 def real_prefill(model, ids, press):
@@ -159,7 +184,7 @@ def memory_sweep(model, ids_all, args) -> tuple[list[dict], list[dict]]:
             entries, nbytes = cache_entries_bytes(cache)
             press, budget = label.split("@")
             rows.append({"tokens": n, "label": label, "press": press, "budget": int(budget), "held_entries": entries,
-                         "resident_kv_bytes": nbytes, "attended_entries": entries - out["masked"][label],
+                         "resident_kv_bytes": nbytes, "attended_entries": entries - masked_entries(out["masks"][label]),
                          "uncompressed_kv_bytes": full_bytes, "compression_s": out["seconds"][label],
                          "overhead_ratio": 1.0 + out["seconds"][label] / base})
         print(f"[kvpress] {n} tokens: prefill {base:.1f} s + hooks of {len(configs)} presses {hook_sum:.1f} s",
@@ -241,12 +266,8 @@ def decode_step(model, token, cache, masks):
     """One decode step on ``cache``, with that cache's AdaKV masks installed on the attention modules."""
 
     def run():
-        for module, mask in masks.items():
-            module.masked_key_indices = mask
-        with torch.no_grad():
+        with installed(masks), torch.no_grad():
             model(token, past_key_values=cache, logits_to_keep=1)
-        for module in masks:
-            module.masked_key_indices = None
 
     return run
 

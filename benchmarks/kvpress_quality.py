@@ -25,7 +25,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from kvpress_bench import attention_modules, cache_entries_bytes, load, new_cache
+from kvpress_bench import cache_entries_bytes, installed, load, masked_entries, multiplexed_prefill
 
 
 def make_press(name: str, ratio: float, window: int):
@@ -44,40 +44,6 @@ def make_press(name: str, ratio: float, window: int):
                      "adakv-expected-attention")
 
 
-def shared_prefill(model, ids: torch.Tensor, presses: dict[str, object]):
-    """One exact prefill of ``ids`` ``[1, n]``; returns (uncompressed cache, {label: (shadow cache, AdaKV masks)},
-    last-position logits ``[1, vocab]``)."""
-    for press in presses.values():
-        press.post_init_from_model(model)
-    modules = attention_modules(model)
-    for module in modules:
-        module.rotary_emb = model.model.rotary_emb  # what ``with press(model)`` sets up
-    shadows = {label: new_cache(model) for label in presses}
-    masks: dict[str, dict] = {label: {} for label in presses}
-
-    def hook(module, args, kwargs, output):
-        main = kwargs["past_key_values"].layers[module.layer_idx]
-        for label, press in presses.items():
-            layer = shadows[label].layers[module.layer_idx]
-            layer.lazy_initialization(main.keys, main.values)
-            layer.keys, layer.values = main.keys, main.values  # shared, as the real cache holds them
-            module.masked_key_indices = None
-            press.forward_hook(module, args, {**kwargs, "past_key_values": shadows[label]}, output)
-            masks[label][module] = getattr(module, "masked_key_indices", None)
-            module.masked_key_indices = None
-        return output
-
-    handles = [m.register_forward_hook(hook, with_kwargs=True) for m in modules]
-    cache = new_cache(model)
-    try:
-        with torch.no_grad():
-            logits = model(ids, past_key_values=cache, logits_to_keep=1).logits[:, -1]
-    finally:
-        for handle in handles:
-            handle.remove()
-    return cache, {label: (shadows[label], masks[label]) for label in presses}, logits
-
-
 def step(model, ids: list[int], cache, past: int) -> torch.Tensor:
     """Feed ``ids`` after ``past`` logical positions; last logits ``[1, vocab]``."""
     block = torch.tensor([ids])
@@ -88,11 +54,8 @@ def step(model, ids: list[int], cache, past: int) -> torch.Tensor:
 
 def answer(model, cache, masks: dict, logits: torch.Tensor, rest: list[int], past: int, max_new_tokens: int,
            stops: set[int]) -> list[int]:
-    """Greedy tokens from ``cache`` (question block fed first when ``rest``), with ``masks`` installed."""
-    modules = attention_modules(model)
-    for module in modules:
-        module.masked_key_indices = masks.get(module)
-    try:
+    """Greedy tokens from ``cache`` (question block fed first when ``rest``), with its AdaKV ``masks`` installed."""
+    with installed(masks):
         if rest:
             logits = step(model, rest, cache, past)
             past += len(rest)
@@ -104,27 +67,20 @@ def answer(model, cache, masks: dict, logits: torch.Tensor, rest: list[int], pas
                 return tokens
             logits = step(model, [token], cache, past)
             past += 1
-    finally:
-        for module in modules:
-            module.masked_key_indices = None
-
-
-def masked_entries(masks: dict) -> int:
-    """Entries an AdaKV mask hides (summed over layers); 0 for presses that evict."""
-    return sum(int(m[0].numel()) for m in masks.values() if m is not None)
 
 
 def run(model, request: dict, presses: list[str], window: int) -> dict:
     context = torch.tensor([request["context"]])
     n = context.shape[1]
     configs = {f"{name}@{ratio!r}": make_press(name, ratio, window) for name in presses for ratio in request["ratios"]}
-    start = time.perf_counter()
-    full, shadows, logits = shared_prefill(model, context, configs)
-    prefill_s = time.perf_counter() - start
+    prefill = multiplexed_prefill(model, context, configs)
     stops = set(request["stops"])
-    out = {"key": request["key"], "digest": request["digest"], "compressed_tokens": n, "prefill_seconds": prefill_s,
-           "answers": {}, "presses": {label: repr(press) for label, press in configs.items()}}
-    for label, (cache, masks) in {"full": (full, {}), **shadows}.items():
+    out = {"key": request["key"], "digest": request["digest"], "compressed_tokens": n,
+           "prefill_seconds": prefill["total_s"], "answers": {},
+           "presses": {label: repr(press) for label, press in configs.items()}}
+    caches = {"full": (prefill["full"], {}), **{k: (c, prefill["masks"][k]) for k, c in prefill["shadows"].items()}}
+    logits = prefill["logits"]
+    for label, (cache, masks) in caches.items():
         held, nbytes = cache_entries_bytes(cache)
         hidden = masked_entries(masks)
         start = time.perf_counter()

@@ -283,6 +283,10 @@ def run_eval(model, tokenizer, config: EvalConfig, *, model_id: str, progress: b
     attn_implementation = model.config._attn_implementation
     results: list[RunResult] = []
     full = make_method("full", window=config.window)
+    session_record = collect(model, model_id, seed=config.options.seed, attn_implementation=attn_implementation)
+    session_record["attention_route"] = "lavakv attention function (exact SDPA prefill; kept entries after)"
+    later_session = {k: session_record.get(k) for k in ("lavakv_version", "git", "torch", "transformers",
+                                                         "model_sha256", "started_at")}
     with torch.no_grad(), full.attach(model) as session:
         for task in tasks:
             if config.query_agnostic and not task.generates:
@@ -304,21 +308,15 @@ def run_eval(model, tokenizer, config: EvalConfig, *, model_id: str, progress: b
                 directory.mkdir(parents=True, exist_ok=True)
                 if not (directory / CONFIG).exists():
                     write_json(directory / CONFIG, resolved)
-                session_record = collect(model, model_id, seed=config.options.seed,
-                                         attn_implementation=attn_implementation)
                 records = read_predictions(directory / PREDICTIONS)
+                done = {r["id"] for r in records}
                 if not (directory / PROVENANCE).exists():
-                    session_record["attention_route"] = ("lavakv attention function (exact SDPA prefill; kept "
-                                                         "entries after)")
-                    session_record["wall_seconds"] = 0.0
-                    write_json(directory / PROVENANCE, session_record)
-                elif any(i not in {r["id"] for r in records} for i in ids):  # resumed or extended: log the session
+                    write_json(directory / PROVENANCE, {**session_record, "wall_seconds": 0.0})
+                elif not done.issuperset(ids):  # resumed or extended: log this session too
                     provenance = json.loads((directory / PROVENANCE).read_text())
-                    provenance.setdefault("later_sessions", []).append(
-                        {k: session_record.get(k) for k in ("lavakv_version", "git", "torch", "transformers",
-                                                            "model_sha256", "started_at")})
+                    provenance.setdefault("later_sessions", []).append(later_session)
                     write_json(directory / PROVENANCE, provenance)
-                states.append(_RunState(run, directory, {r["id"] for r in records}, records))
+                states.append(_RunState(run, directory, done, records))
             if not states:
                 continue
             todo = [i for i in range(len(task)) if any(ids[i] not in s.done for s in states)]
