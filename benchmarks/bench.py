@@ -123,8 +123,8 @@ def main() -> None:
         for name, cmd in steps(args, results, plots, report, ids, kvpy, converted_dir(args.model)):
             if only and name not in only and not (name == "ids" and only & {"kvpress"}):
                 continue
-            shown = shlex.join(cmd).replace(sys.executable, "python")
-            shown = shown.replace(kvpy, "benchmarks/.kvpress-venv/bin/python")
+            shown_python = {sys.executable: "python", kvpy: "benchmarks/.kvpress-venv/bin/python"}
+            shown = shlex.join([shown_python.get(cmd[0], cmd[0]), *cmd[1:]])
             waited, busy = (0.0, None) if name in ("ids", "plots", "report") else wait_for_quiet(
                 args.quiet_below, args.quiet_wait)
             print(f"[bench] {name}: {shown}" + (f"  (waited {waited:.0f} s for quiet; others' CPU use "

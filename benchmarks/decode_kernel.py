@@ -1,8 +1,10 @@
-"""Decode-step attention: the ragged reference vs dense SDPA over the same number of kept entries.
+"""Decode-step attention: lavakv's ragged attention vs dense SDPA over the same number of kept entries.
 
 One decode query per sequence against a layer that holds, per KV head, ``budget`` kept prompt entries on average
-(ragged: lengths drawn around the mean, total equal to the dense case) plus ``tail`` decoded tokens. Times are
-medians of interleaved repeats in one process; the ratio ragged / dense is what matters on a shared machine.
+(ragged: lengths drawn around the mean, total equal to the dense case) plus ``tail`` decoded tokens. Both ragged
+strategies (per-segment matmuls, one flat masked matmul) are timed beside the one ``ragged_attention`` picks.
+Times are medians of interleaved repeats in one process; the ratio ragged / dense is what matters on a shared
+machine.
 
     python benchmarks/decode_kernel.py --out benchmarks/results/decode_kernel.json
     python benchmarks/decode_kernel.py --threads 1 --out benchmarks/results/decode_kernel_1thread.json
@@ -16,7 +18,7 @@ from pathlib import Path
 import torch
 from common import interleaved_medians, write_result
 
-from lavakv.attention import ragged_attention
+from lavakv.ragged_attention import FLAT_WASTE_LIMIT, flat_attention, flat_waste, ragged_attention, segment_attention
 from lavakv.storage import RaggedKV
 
 
@@ -43,14 +45,17 @@ def case(batch: int, kv_heads: int, group: int, head_dim: int, budget: int, tail
     def ragged():
         return ragged_attention(query, prefix, tail_k, tail_v, None, scale)
 
-    def gather():  # the ragged reference's first step alone: padded per-head copies of the kept K/V
-        return prefix.padded()
-
+    variants = {"dense_sdpa": dense, "ragged": ragged,
+                "segments": lambda: segment_attention(query, prefix, tail_k, tail_v, None, scale)}
+    waste = flat_waste(query, prefix)
+    if waste <= 4 * FLAT_WASTE_LIMIT:  # far past the limit the flat strategy is only slower
+        variants["flat"] = lambda: flat_attention(query, prefix, tail_k, tail_v, None, scale)
     with torch.no_grad():
-        timing = interleaved_medians({"dense_sdpa": dense, "ragged": ragged, "ragged_gather": gather}, repeats=repeats)
+        timing = interleaved_medians(variants, repeats=repeats)
     return {
         "batch": batch, "kv_heads": kv_heads, "group": group, "head_dim": head_dim, "mean_budget": budget,
         "tail": tail, "entries": total, "timing": timing,
+        "strategy": "flat" if waste <= FLAT_WASTE_LIMIT else "segments", "flat_waste": waste,
         "ragged_over_dense": timing["ragged"]["median_s"] / timing["dense_sdpa"]["median_s"],
     }
 
@@ -65,13 +70,17 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     cases = []
-    # smollm2-135m-like (3 KV heads, G=3, d=64) and qwen2.5-1.5b-like (2 KV heads, G=6, d=128) layers
-    for kv_heads, group, head_dim in [(3, 3, 64), (2, 6, 128)]:
-        for budget in (128, 1024, 4096):
-            result = case(1, kv_heads, group, head_dim, budget, tail=32, repeats=args.repeats)
+    # smollm2-135m-like (3 KV heads, G=3, d=64) and qwen2.5-1.5b-like (2 KV heads, G=6, d=128) layers at batch 1,
+    # and a Llama-3-8B-like layer (8 KV heads, G=4, d=128) at batch 4
+    shapes = [(1, 3, 3, 64, (128, 512, 1024, 4096)), (1, 2, 6, 128, (128, 512, 1024, 4096)),
+              (4, 8, 4, 128, (128, 1024))]
+    for batch, kv_heads, group, head_dim, budgets in shapes:
+        for budget in budgets:
+            result = case(batch, kv_heads, group, head_dim, budget, tail=32, repeats=args.repeats // batch)
             cases.append(result)
-            print(f"H_kv={kv_heads} G={group} d={head_dim} B={budget}: ragged/dense = {result['ragged_over_dense']:.2f}"
-                  f" (dense {result['timing']['dense_sdpa']['median_s'] * 1e6:.0f} us)")
+            print(f"b={batch} H_kv={kv_heads} G={group} d={head_dim} B={budget}: ragged/dense = "
+                  f"{result['ragged_over_dense']:.2f} ({result['strategy']}; dense "
+                  f"{result['timing']['dense_sdpa']['median_s'] * 1e6:.0f} us)")
     write_result(args.out, {"cases": cases, "threads": torch.get_num_threads()})
 
 

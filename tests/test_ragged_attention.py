@@ -1,15 +1,17 @@
-"""The ragged reference kernel equals a float64 dense masked reference."""
+"""The ragged attention strategies equal a float64 dense masked reference."""
 
 from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lavakv.attention import ragged_attention
-from lavakv.storage import RaggedKV
+from lavakv import ragged_attention as kernels
+from lavakv.ragged_attention import flat_attention, ragged_attention, segment_attention
+from lavakv.storage import DenseKV, RaggedKV
 
 
 def _dense_reference(query, keys, values, valid, tail_keys, tail_values, tail_valid, scaling):
@@ -33,6 +35,10 @@ def _dense_reference(query, keys, values, valid, tail_keys, tail_values, tail_va
     return out
 
 
+STRATEGIES = {"dispatch": ragged_attention, "segments": segment_attention, "flat": flat_attention}
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
 @settings(max_examples=40, deadline=None)
 @given(
     batch=st.integers(1, 3),
@@ -43,11 +49,11 @@ def _dense_reference(query, keys, values, valid, tail_keys, tail_values, tail_va
     max_len=st.integers(1, 12),
     seed=st.integers(0, 10_000),
 )
-def test_ragged_attention_matches_float64_reference(batch, kv_heads, group, q_len, tail, max_len, seed):
+def test_ragged_attention_matches_float64_reference(strategy, batch, kv_heads, group, q_len, tail, max_len, seed):
     g = torch.Generator().manual_seed(seed)
     d = 8
     tail = max(tail, q_len)  # the current query block is part of the tail
-    lengths = torch.randint(1, max_len + 1, (batch, kv_heads), generator=g)
+    lengths = torch.randint(0, max_len + 1, (batch, kv_heads), generator=g)  # a head may keep nothing
     valid = torch.arange(max_len)[None, None, :] < lengths[..., None]
     keys = torch.randn(batch, kv_heads, max_len, d, generator=g)
     values = torch.randn(batch, kv_heads, max_len, d, generator=g)
@@ -61,10 +67,62 @@ def test_ragged_attention_matches_float64_reference(batch, kv_heads, group, q_le
     else:
         tail_valid = None
     scaling = d ** -0.5
-    ours = ragged_attention(query, prefix, tail_keys, tail_values, tail_valid, scaling)
+    ours = STRATEGIES[strategy](query, prefix, tail_keys, tail_values, tail_valid, scaling)
     reference = _dense_reference(query, keys, values, valid, tail_keys, tail_values, tail_valid, scaling)
     assert ours.shape == (batch, q_len, kv_heads * group, d)
     torch.testing.assert_close(ours.double(), reference, atol=1e-5, rtol=1e-5)
+
+
+def _layer(batch, kv_heads, group, lengths, tail, d, dtype=torch.float32, seed=0):
+    """A ragged prefix, a tail held by a grown DenseKV (strided view) and a transposed query, as at decode time."""
+    g = torch.Generator().manual_seed(seed)
+    entries = int(lengths.sum())
+    prefix = RaggedKV(torch.randn(entries, d, generator=g).to(dtype), torch.randn(entries, d, generator=g).to(dtype),
+                      lengths)
+    tail_store = DenseKV(torch.randn(batch, kv_heads, 1, d, generator=g).to(dtype),
+                         torch.randn(batch, kv_heads, 1, d, generator=g).to(dtype))
+    for _ in range(tail - 1):
+        tail_store.append(torch.randn(batch, kv_heads, 1, d, generator=g).to(dtype),
+                          torch.randn(batch, kv_heads, 1, d, generator=g).to(dtype))
+    assert tail_store.capacity > tail_store.length  # the tail is a strided view of a larger buffer
+    query = torch.randn(batch, 1, kv_heads * group, d, generator=g).to(dtype).transpose(1, 2)
+    return query, prefix, tail_store
+
+
+def _reference_for(query, prefix, tail_store):
+    keys, values, valid = prefix.padded()
+    return _dense_reference(query, keys, values, valid, tail_store.keys, tail_store.values, None,
+                            query.shape[-1] ** -0.5)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+def test_strategies_on_decode_layouts_and_large_layers(dtype, tol):
+    """Strided tails, transposed queries, long uneven heads (the size where dispatch picks segments), bf16."""
+    lengths = torch.tensor([[700, 1, 0], [300, 1200, 45]])
+    query, prefix, tail_store = _layer(2, 3, 4, lengths, tail=20, d=16, dtype=dtype)
+    reference = _reference_for(query, prefix, tail_store)
+    for strategy in STRATEGIES.values():
+        out = strategy(query, prefix, tail_store.keys, tail_store.values, None, 16**-0.5)
+        assert out.dtype == dtype
+        torch.testing.assert_close(out.double(), reference, atol=tol, rtol=tol)
+
+
+def test_dispatch_uses_flat_attention_only_for_small_layers(monkeypatch):
+    calls = []
+    monkeypatch.setattr(kernels, "flat_attention", lambda *a: calls.append("flat"))
+    monkeypatch.setattr(kernels, "segment_attention", lambda *a: calls.append("segments"))
+    limit = kernels.FLAT_WASTE_LIMIT // (2 * 8)  # entries where 2 segments x 2 rows x d=8 waste the limit
+    for lengths in (torch.tensor([[10, 30]]), torch.tensor([[limit - 1, 1]]), torch.tensor([[limit, 1]])):
+        query, prefix, tail_store = _layer(1, 2, 2, lengths, tail=2, d=8)
+        ragged_attention(query, prefix, tail_store.keys, tail_store.values, None, 1.0)
+    assert calls == ["flat", "flat", "segments"]
+
+
+def test_segment_bias_keeps_each_head_to_its_own_entries():
+    store = RaggedKV(torch.zeros(6, 2), torch.zeros(6, 2), torch.tensor([[2, 0], [3, 1]]))
+    assert store.segments() == [(0, 2), (2, 0), (2, 3), (5, 1)]
+    own = store.segment_bias()[:, 0] == 0
+    assert torch.equal(own, torch.tensor([[1, 1, 0, 0, 0, 0], [0] * 6, [0, 0, 1, 1, 1, 0], [0, 0, 0, 0, 0, 1]]).bool())
 
 
 def test_ragged_storage_holds_exactly_the_entries():

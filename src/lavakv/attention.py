@@ -4,9 +4,8 @@ Two paths, both exact over the entries a layer holds:
 
 * dense layers (every head the same length) go through transformers' SDPA function with a boolean mask built
   from the logical mask transformers made (prompt columns -> all kept entries visible, later columns -> tail);
-* ragged layers use :func:`ragged_attention`, a pure-PyTorch reference that works on any device for any mix of
-  head lengths, GQA group and batch, without repeating K/V across the query heads of a group; on CUDA with
-  flash-attention installed, :func:`flash_varlen_attention` runs one varlen sequence per KV head instead.
+* ragged layers use :mod:`lavakv.ragged_attention` (pure PyTorch, any device, any mix of head lengths, GQA group
+  and batch, reading the flat per-head storage in place; flash-attention varlen on CUDA when installed).
 
 Modules that lavakv does not route (no session attached, or a cache that is not lavakv's) fall through to SDPA,
 so an attached model with a plain cache behaves as with ``attn_implementation="sdpa"``.
@@ -21,8 +20,6 @@ import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-from lavakv.storage import RaggedKV
 
 ATTENTION_NAME = "lavakv"
 
@@ -86,97 +83,3 @@ def dense_mask(
         return None
     prompt = torch.ones(tail.shape[0], 1, q_len, prompt_entries, dtype=torch.bool, device=device)
     return torch.cat([prompt, tail], dim=-1).expand(batch, 1, q_len, total)
-
-
-def ragged_attention(
-    query: torch.Tensor,
-    prefix: RaggedKV,
-    tail_keys: torch.Tensor,
-    tail_values: torch.Tensor,
-    tail_valid: torch.Tensor | None,
-    scaling: float,
-) -> torch.Tensor:
-    """Exact attention over a ragged prefix plus a dense tail; pure PyTorch reference.
-
-    Args:
-        query: ``[batch, q_heads, q_len, head_dim]``; query head h reads KV head ``h // G``.
-        prefix: kept prompt entries, per-head lengths ``[batch, kv_heads]``.
-        tail_keys, tail_values: ``[batch, kv_heads, tail, head_dim]`` entries appended after the prompt.
-        tail_valid: ``[batch or 1, 1, q_len, tail]`` bool, or None when every tail entry is visible.
-        scaling: softmax scale.
-
-    Returns:
-        ``[batch, q_len, q_heads, head_dim]`` (the layout transformers' attention functions return).
-
-    Scores are computed per KV head for the G query heads of its group at once, so K/V are never repeated;
-    the softmax runs in float32 over the concatenated prefix and tail scores.
-    """
-    b, hq, q_len, d = query.shape
-    h = prefix.lengths.shape[1]
-    g = hq // h
-    keys, values, valid = prefix.padded()  # [b, h, m, d] transient copies
-    qg = query.reshape(b, h, g * q_len, d)
-    prefix_scores = torch.matmul(qg, keys.transpose(-1, -2)).float() * scaling  # [b, h, g*q, m]
-    prefix_scores = prefix_scores.masked_fill(~valid[:, :, None, :], float("-inf"))
-    tail_scores = torch.matmul(qg, tail_keys.transpose(-1, -2)).float() * scaling  # [b, h, g*q, t]
-    if tail_valid is not None:
-        t = tail_keys.shape[2]
-        visible = tail_valid.expand(b, 1, q_len, t)[:, :, None].expand(b, 1, g, q_len, t).reshape(b, 1, g * q_len, t)
-        tail_scores = tail_scores.masked_fill(~visible, float("-inf"))
-    m = keys.shape[2]
-    probs = torch.softmax(torch.cat([prefix_scores, tail_scores], dim=-1), dim=-1).to(values.dtype)
-    out = torch.matmul(probs[..., :m], values) + torch.matmul(probs[..., m:], tail_values)  # [b, h, g*q, d]
-    return out.view(b, hq, q_len, -1).transpose(1, 2).contiguous()
-
-
-def flash_varlen_available(query: torch.Tensor) -> bool:
-    """Whether the flash-attention varlen path can run for this query (CUDA, fp16/bf16, package installed)."""
-    if not query.is_cuda or query.dtype not in (torch.float16, torch.bfloat16):
-        return False
-    try:
-        import flash_attn  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def flash_varlen_attention(
-    query: torch.Tensor,
-    prefix: RaggedKV,
-    tail_keys: torch.Tensor,
-    tail_values: torch.Tensor,
-    scaling: float,
-) -> torch.Tensor:
-    """Ragged attention through flash-attention's varlen kernel: one sequence per (batch, KV head).
-
-    Each sequence's queries are the G query heads of the group (as heads) over its own keys, so GQA needs no
-    repeated K/V. The prefix and the tail are attended separately and merged with their log-sum-exps. Only for
-    single-token decoding with every tail entry visible; returns ``[batch, 1, q_heads, head_dim]``.
-    Not exercised by the CPU test-suite (no GPU here); the reference path is :func:`ragged_attention`.
-    """
-    from flash_attn import flash_attn_varlen_func
-
-    b, hq, q_len, d = query.shape
-    h = prefix.lengths.shape[1]
-    g = hq // h
-    seqs = b * h
-    q = query.reshape(b, h, g, d).reshape(seqs, g, d)  # one query token per sequence, g heads
-    cu_q = torch.arange(seqs + 1, device=query.device, dtype=torch.int32)
-    lens = prefix.lengths.reshape(-1).to(torch.int32)
-    cu_k = torch.nn.functional.pad(torch.cumsum(lens, 0, dtype=torch.int32), (1, 0))
-    out_p, lse_p, _ = flash_attn_varlen_func(
-        q, prefix.keys[:, None, :], prefix.values[:, None, :], cu_q, cu_k, 1, int(lens.max()),
-        softmax_scale=scaling, causal=False, return_attn_probs=True,
-    )  # out [seqs, g, d], lse [g, seqs] or [seqs, g]
-    t = tail_keys.shape[2]
-    tk = tail_keys.reshape(seqs, t, 1, d).reshape(seqs * t, 1, d)
-    tv = tail_values.reshape(seqs, t, 1, -1).reshape(seqs * t, 1, tail_values.shape[-1])
-    cu_t = torch.arange(0, (seqs + 1) * t, t, device=query.device, dtype=torch.int32)
-    out_t, lse_t, _ = flash_attn_varlen_func(
-        q, tk, tv, cu_q, cu_t, 1, t, softmax_scale=scaling, causal=False, return_attn_probs=True,
-    )
-    if lse_p.shape[0] != seqs:
-        lse_p, lse_t = lse_p.transpose(0, 1), lse_t.transpose(0, 1)
-    lse = torch.logaddexp(lse_p, lse_t)  # [seqs, g]
-    out = out_p.float() * torch.exp(lse_p - lse)[..., None] + out_t.float() * torch.exp(lse_t - lse)[..., None]
-    return out.to(query.dtype).view(b, h * g, 1, -1).transpose(1, 2).contiguous()

@@ -18,19 +18,11 @@ from dataclasses import dataclass, field
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from lavakv.attention import (
-    ATTENTION_NAME,
-    ROUTES,
-    dense_mask,
-    flash_varlen_attention,
-    flash_varlen_available,
-    ragged_attention,
-    register,
-    tail_mask,
-)
+from lavakv.attention import ATTENTION_NAME, ROUTES, dense_mask, register, tail_mask
 from lavakv.budget import budget_per_row, rows_to_compress
 from lavakv.cache import CompressedCache, CompressedLayer
 from lavakv.methods import Method
+from lavakv.ragged_attention import flash_varlen_attention, flash_varlen_available, ragged_attention
 from lavakv.scorers import SCORERS, ScoringInputs
 from lavakv.storage import compact
 from lavakv.support import check_supported

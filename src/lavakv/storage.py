@@ -97,6 +97,8 @@ class RaggedKV:
         self.values = values
         self.lengths = lengths
         self._gather: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._segments: list[tuple[int, int]] | None = None
+        self._segment_bias: torch.Tensor | None = None
 
     @property
     def max_length(self) -> int:
@@ -117,6 +119,33 @@ class RaggedKV:
             index = (starts[:, None] + slot[None, :]).clamp(max=max(self.keys.shape[0] - 1, 0))
             self._gather = (index.view(b, h, -1), valid.view(b, h, -1))
         return self._gather
+
+    def segments(self) -> list[tuple[int, int]]:
+        """``(start, length)`` in the flat storage of each (sequence, KV head) segment, in (batch, head) order.
+
+        Computed once (one host sync); the storage is immutable.
+        """
+        if self._segments is None:
+            lengths = self.lengths.reshape(-1).tolist()
+            starts = [0]
+            for n in lengths[:-1]:
+                starts.append(starts[-1] + n)
+            self._segments = list(zip(starts, lengths, strict=True))
+        return self._segments
+
+    def segment_bias(self) -> torch.Tensor:
+        """Additive float32 mask ``[batch * kv_heads, 1, entries]``: 0 on a segment's own entries, -inf elsewhere.
+
+        Lets one matmul of every query head against every stored entry keep each head to its own KV head. Holds
+        segments x entries floats, so only small layers should ask for it; computed once.
+        """
+        if self._segment_bias is None:
+            flat_len = self.lengths.reshape(-1)
+            owner = torch.repeat_interleave(torch.arange(flat_len.numel(), device=self.keys.device), flat_len)
+            own = owner[None, :] == torch.arange(flat_len.numel(), device=self.keys.device)[:, None]
+            bias = torch.zeros(own.shape, dtype=torch.float32, device=self.keys.device)
+            self._segment_bias = bias.masked_fill_(~own, float("-inf"))[:, None, :]
+        return self._segment_bias
 
     def padded(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Transient padded copies for computing attention: K, V ``[batch, kv_heads, max_len, head_dim]``, valid.
