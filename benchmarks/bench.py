@@ -48,6 +48,9 @@ def steps(args, results: Path, plots: Path, report: Path, ids: Path, kvpy: str, 
         ("decode-kernel-1thread", [py, f"{b}/decode_kernel.py", "--threads", "1",
                                    "--out", str(results / "decode_kernel_1thread.json")]
          + (["--repeats", "20"] if q else [])),
+        *([("decode-kernel-cuda", [py, f"{b}/decode_kernel.py", "--device", "cuda", "--dtype", "bfloat16",
+                                   "--out", str(results / "decode_kernel_cuda.json")]
+            + (["--repeats", "20"] if q else []))] if cuda_available() else []),
         ("profile", [py, f"{b}/profile_compression.py", "--model", m, "--tokens", "2048" if q else "4096",
                      "--out", str(results / f"profile_{m}.json")]),
         ("quality", [py, f"{b}/quality_vs_kvpress.py", "--out", str(results / "quality_vs_kvpress.json")]
@@ -57,6 +60,13 @@ def steps(args, results: Path, plots: Path, report: Path, ids: Path, kvpy: str, 
         ("report", [py, f"{b}/report.py", "--model", m, "--results", str(results), "--plots", str(plots),
                     "--out", str(report)]),
     ]
+
+
+def cuda_available() -> bool:
+    """Whether this machine can run the CUDA decode-kernel step (flash-attention varlen if installed)."""
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def cpu_busy(seconds: float = 2.0) -> float:

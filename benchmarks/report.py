@@ -67,8 +67,8 @@ class Report:
         self.kvpress = load(results, f"kvpress_{model}.json")
         self.peak = load(results, f"peak_{model}.json")
         self.e2e = load(results, f"prefill_{model}_128.json")
-        self.kernels = [k for k in (load(results, "decode_kernel.json"), load(results, "decode_kernel_1thread.json"))
-                        if k]
+        kernel_files = (f"decode_kernel{suffix}.json" for suffix in ("", "_1thread", "_cuda"))
+        self.kernels = [k for k in (load(results, name) for name in kernel_files) if k]
         self.profile = load(results, f"profile_{model}.json")
         self.run = load(results, "bench_run.json")
         self.parts: list[str] = []
@@ -390,9 +390,13 @@ class Report:
 
     def kernel_table(self, k: dict) -> None:
         threads = k.get("threads", k["environment"]["torch_threads"])
-        self.add(f"\n**Kernel level, {threads} thread(s)** ({provenance(k)}): one decode query per sequence against "
-                 "one layer, `lavakv.ragged_attention.ragged_attention` (the strategy it picked, and both strategies "
-                 "timed alone) vs dense SDPA over the same number of entries\n")
+        where = (f"{k['gpu']}, {k['dtype']}" if k.get("gpu") else f"{threads} thread(s)"
+                 + (f", {k['dtype']}" if k.get("dtype", "float32") != "float32" else ""))
+        self.add(f"\n**Kernel level, {where}** ({provenance(k)}): one decode query per sequence against one layer, "
+                 "`lavakv.ragged_attention.ragged_attention` (the strategy it picked, and each strategy timed "
+                 "alone) vs dense SDPA over the same number of entries; every ragged output was checked against "
+                 "float64 first\n")
+        flash = any("flash_varlen" in c["timing"] for c in k["cases"])
         body = []
         for c in k["cases"]:
             t = c["timing"]
@@ -402,21 +406,27 @@ class Report:
 
             body.append([f"b={c.get('batch', 1)} H_kv={c['kv_heads']} G={c['group']} d={c['head_dim']}",
                          c["mean_budget"], f"{c['entries']:,}", us("dense_sdpa"),
-                         f"{us('ragged')} ({c.get('strategy', 'padded reference')})", us("segments"), us("flat"),
-                         f"**{c['ragged_over_dense']:.2f}**"])
-        self.add(table(["layer", "mean budget", "entries", "dense us", "ragged us (picked)", "segments us", "flat us",
-                        "ragged / dense"], body))
+                         f"{us('ragged')} ({c.get('strategy', 'padded reference')})", us("segments"), us("flat")]
+                        + ([us("flash_varlen")] if flash else []) + [f"**{c['ragged_over_dense']:.2f}**"])
+        self.add(table(["layer", "mean budget", "entries", "dense us", "ragged us (picked)", "segments us", "flat us"]
+                       + (["flash varlen us"] if flash else []) + ["ragged / dense"], body))
         ratios = [c["ragged_over_dense"] for c in k["cases"]]
         within = [c for c in k["cases"] if c["ragged_over_dense"] <= GOAL_RAGGED]
-        self.add(
-            f"\nKernel level, {threads} thread(s): ragged / dense {min(ratios):.2f}–{max(ratios):.2f}; within the "
-            f"{GOAL_RAGGED}x goal in {len(within)} of {len(ratios)} layers. Both strategies read the flat per-head "
-            "storage in place (no padded copy of K/V): *segments* runs two small matmuls per (sequence, KV head), "
-            "*flat* one masked matmul over every stored entry for all heads at once (picked for small layers, where "
-            "per-op overhead dominates). Dense SDPA is one fused kernel that also splits its work across threads; "
-            "the ragged strategies are about ten PyTorch ops whose skinny matmuls barely use a second thread, so "
-            "they trail most on small layers and with more threads."
-        )
+        summary = (f"\nKernel level, {where}: ragged / dense {min(ratios):.2f}–{max(ratios):.2f}; within the "
+                   f"{GOAL_RAGGED}x goal in {len(within)} of {len(ratios)} layers.")
+        if flash:
+            varlen = [c["timing"]["flash_varlen"]["median_s"] / c["timing"]["dense_sdpa"]["median_s"]
+                      for c in k["cases"] if "flash_varlen" in c["timing"]]
+            summary += f" flash-attention varlen / dense: {min(varlen):.2f}–{max(varlen):.2f}."
+        if not k.get("gpu"):
+            summary += (
+                " Both strategies read the flat per-head storage in place (no padded copy of K/V): *segments* runs "
+                "two small matmuls per (sequence, KV head), *flat* one masked matmul over every stored entry for all "
+                "heads at once (picked for small layers, where per-op overhead dominates). Dense SDPA is one fused "
+                "kernel that also splits its work across threads; the ragged strategies are about ten PyTorch ops "
+                "whose skinny matmuls barely use a second thread, so they trail most on small layers and with more "
+                "threads.")
+        self.add(summary)
 
     # -- 4 and reproduce ----------------------------------------------------------------------------------
     def quality(self) -> None:

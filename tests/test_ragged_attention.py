@@ -118,10 +118,10 @@ def test_dispatch_uses_flat_attention_only_for_small_layers(monkeypatch):
     assert calls == ["flat", "flat", "segments"]
 
 
-def test_segment_bias_keeps_each_head_to_its_own_entries():
+def test_segments_and_their_foreign_entries():
     store = RaggedKV(torch.zeros(6, 2), torch.zeros(6, 2), torch.tensor([[2, 0], [3, 1]]))
     assert store.segments() == [(0, 2), (2, 0), (2, 3), (5, 1)]
-    own = store.segment_bias()[:, 0] == 0
+    own = ~store.foreign_entries()[:, 0]
     assert torch.equal(own, torch.tensor([[1, 1, 0, 0, 0, 0], [0] * 6, [0, 0, 1, 1, 1, 0], [0, 0, 0, 0, 0, 1]]).bool())
 
 

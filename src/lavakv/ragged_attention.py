@@ -9,7 +9,7 @@ prefix and tail.
   writing into one score buffer; one softmax; one matmul per segment for the values. Its cost follows the kept
   entries; its op count grows with batch x KV heads.
 * :func:`flat_attention` runs one matmul of every query head against every stored entry and masks each head to
-  its own segment with :meth:`RaggedKV.segment_bias`. It does batch x KV heads times the score arithmetic but a
+  its own segment with :meth:`RaggedKV.foreign_entries`. It does batch x KV heads times the score arithmetic but a
   fixed, small number of ops, which wins on small layers where per-op overhead dominates.
 * :func:`ragged_attention` picks between them by :func:`flat_waste`;
   :func:`flash_varlen_attention` is the CUDA fast path when flash-attention is installed.
@@ -116,7 +116,7 @@ def flat_attention(
     torch.addmm(block, q.reshape(-1, d), prefix.keys.t(), beta=0, alpha=scaling, out=block)
     block = scores[:, :, entries:]
     torch.baddbmm(block, q, tail_keys.reshape(b * h, t, d).transpose(1, 2), beta=0, alpha=scaling, out=block)
-    probs = _probabilities(scores, entries, tail_valid, b, h, q_len, prefix.segment_bias())
+    probs = _probabilities(scores, entries, tail_valid, b, h, q_len, prefix.foreign_entries())
     probs = probs.to(tail_values.dtype)
     out = torch.mm(probs[:, :, :entries].reshape(b * h * rows, entries), prefix.values).view(b * h, rows, -1)
     out = torch.baddbmm(out, probs[:, :, entries:], tail_values.reshape(b * h, t, -1))
@@ -130,16 +130,16 @@ def _probabilities(
     batch: int,
     kv_heads: int,
     q_len: int,
-    prefix_bias: torch.Tensor | None = None,
+    prefix_foreign: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """float32 softmax of scaled ``scores [batch * kv_heads, G * q_len, width + tail]`` (prefix columns first).
 
-    ``prefix_bias`` (``[batch * kv_heads, 1, width]``, 0 / -inf) is added to the prefix columns; ``tail_valid``
+    ``prefix_foreign`` (``[batch * kv_heads, 1, width]`` bool) masks prefix columns of other segments; ``tail_valid``
     (``[batch or 1, 1, q_len, tail]``) masks the tail columns for every query head of a group alike.
     """
     scores = scores.float() if scores.dtype != torch.float32 else scores
-    if prefix_bias is not None:
-        scores[:, :, :width].add_(prefix_bias)
+    if prefix_foreign is not None:
+        scores[:, :, :width].masked_fill_(prefix_foreign, float("-inf"))
     if tail_valid is not None:
         rows, t = scores.shape[1], scores.shape[2] - width
         visible = tail_valid.expand(batch, kv_heads, q_len, t)[:, :, None]

@@ -98,7 +98,7 @@ class RaggedKV:
         self.lengths = lengths
         self._gather: tuple[torch.Tensor, torch.Tensor] | None = None
         self._segments: list[tuple[int, int]] | None = None
-        self._segment_bias: torch.Tensor | None = None
+        self._foreign: torch.Tensor | None = None
 
     @property
     def max_length(self) -> int:
@@ -133,19 +133,18 @@ class RaggedKV:
             self._segments = list(zip(starts, lengths, strict=True))
         return self._segments
 
-    def segment_bias(self) -> torch.Tensor:
-        """Additive float32 mask ``[batch * kv_heads, 1, entries]``: 0 on a segment's own entries, -inf elsewhere.
+    def foreign_entries(self) -> torch.Tensor:
+        """Bool ``[batch * kv_heads, 1, entries]``: True where an entry belongs to another segment.
 
-        Lets one matmul of every query head against every stored entry keep each head to its own KV head. Holds
-        segments x entries floats, so only small layers should ask for it; computed once.
+        Lets one matmul of every query head against every stored entry keep each head to its own KV head. One byte
+        per (segment, entry), so only small layers should ask for it; computed once.
         """
-        if self._segment_bias is None:
+        if self._foreign is None:
             flat_len = self.lengths.reshape(-1)
-            owner = torch.repeat_interleave(torch.arange(flat_len.numel(), device=self.keys.device), flat_len)
-            own = owner[None, :] == torch.arange(flat_len.numel(), device=self.keys.device)[:, None]
-            bias = torch.zeros(own.shape, dtype=torch.float32, device=self.keys.device)
-            self._segment_bias = bias.masked_fill_(~own, float("-inf"))[:, None, :]
-        return self._segment_bias
+            segment = torch.arange(flat_len.numel(), device=self.keys.device)
+            owner = torch.repeat_interleave(segment, flat_len)
+            self._foreign = (owner[None, :] != segment[:, None])[:, None, :]
+        return self._foreign
 
     def padded(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Transient padded copies for computing attention: K, V ``[batch, kv_heads, max_len, head_dim]``, valid.
