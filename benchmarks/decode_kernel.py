@@ -1,11 +1,11 @@
 """Decode-step attention: lavakv's ragged attention vs dense SDPA over the same number of kept entries.
 
 One decode query per sequence against a layer that holds, per KV head, ``budget`` kept prompt entries on average
-(ragged: lengths drawn around the mean, total equal to the dense case) plus ``tail`` decoded tokens. Both ragged
-strategies (per-segment matmuls, one flat masked matmul) are timed beside the one ``ragged_attention`` picks, and
-on CUDA with flash-attention installed the varlen path too. Every ragged output is first checked against a
-float64 computation over the same entries. Times are medians of interleaved repeats in one process; the ratio
-ragged / dense is what matters on a shared machine.
+(ragged: lengths drawn around the mean, total equal to the dense case) plus ``tail`` decoded tokens. The ragged
+strategies (the native CPU kernel, per-segment matmuls, one flat masked matmul) are timed beside the one
+``ragged_attention`` picks, and on CUDA with flash-attention installed the varlen path too. Every ragged output
+is first checked against a float64 computation over the same entries. Times are medians of interleaved repeats
+in one process; the ratio ragged / dense is what matters on a shared machine.
 
     python benchmarks/decode_kernel.py --out benchmarks/results/decode_kernel.json
     python benchmarks/decode_kernel.py --threads 1 --out benchmarks/results/decode_kernel_1thread.json
@@ -26,6 +26,8 @@ from lavakv.ragged_attention import (
     flash_varlen_available,
     flat_attention,
     flat_waste,
+    native_applies,
+    native_attention,
     ragged_attention,
     segment_attention,
 )
@@ -72,10 +74,11 @@ def case(batch: int, kv_heads: int, group: int, head_dim: int, budget: int, tail
         q = query.reshape(batch, kv_heads, group, head_dim)  # transformers' pack_gqa for one decode token
         return torch.nn.functional.scaled_dot_product_attention(q, dense_k, dense_v, scale=scale)
 
-    ragged = {
-        "ragged": lambda: ragged_attention(query, prefix, tail_k, tail_v, None, scale),
-        "segments": lambda: segment_attention(query, prefix, tail_k, tail_v, None, scale),
-    }
+    ragged = {"ragged": lambda: ragged_attention(query, prefix, tail_k, tail_v, None, scale)}
+    native = native_applies(query, prefix, tail_k, tail_v)
+    if native:
+        ragged["native"] = lambda: native_attention(query, prefix, tail_k, tail_v, None, scale)
+    ragged["segments"] = lambda: segment_attention(query, prefix, tail_k, tail_v, None, scale)
     waste = flat_waste(query, prefix)
     if waste <= 4 * FLAT_WASTE_LIMIT:  # far past the limit the flat strategy is only slower
         ragged["flat"] = lambda: flat_attention(query, prefix, tail_k, tail_v, None, scale)
@@ -95,7 +98,7 @@ def case(batch: int, kv_heads: int, group: int, head_dim: int, budget: int, tail
     return {
         "batch": batch, "kv_heads": kv_heads, "group": group, "head_dim": head_dim, "mean_budget": budget,
         "tail": tail, "entries": total, "timing": timing, "max_relative_error": errors,
-        "strategy": "flat" if waste <= FLAT_WASTE_LIMIT else "segments", "flat_waste": waste,
+        "strategy": "native" if native else "flat" if waste <= FLAT_WASTE_LIMIT else "segments", "flat_waste": waste,
         "ragged_over_dense": timing["ragged"]["median_s"] / timing["dense_sdpa"]["median_s"],
     }
 

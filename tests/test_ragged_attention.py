@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import shutil
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lavakv import native
 from lavakv import ragged_attention as kernels
-from lavakv.ragged_attention import flat_attention, ragged_attention, segment_attention
+from lavakv.ragged_attention import flat_attention, native_attention, ragged_attention, segment_attention
 from lavakv.storage import DenseKV, RaggedKV
 
 
@@ -35,10 +39,19 @@ def _dense_reference(query, keys, values, valid, tail_keys, tail_values, tail_va
     return out
 
 
-STRATEGIES = {"dispatch": ragged_attention, "segments": segment_attention, "flat": flat_attention}
+STRATEGIES = {"dispatch": ragged_attention, "segments": segment_attention, "flat": flat_attention,
+              "native": native_attention}
+
+
+def _native_or_skip():
+    """The native kernel must build wherever a C compiler exists (CI has one); skip only without a compiler."""
+    if shutil.which(os.environ.get("CC", "cc")) is None:
+        pytest.skip("no C compiler: the native kernel cannot be built here")
+    assert native.ragged_decode() is not None, "a C compiler exists but the native kernel did not build"
 
 
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
+@pytest.mark.parametrize("masked", [False, True])
 @settings(max_examples=40, deadline=None)
 @given(
     batch=st.integers(1, 3),
@@ -49,9 +62,13 @@ STRATEGIES = {"dispatch": ragged_attention, "segments": segment_attention, "flat
     max_len=st.integers(1, 12),
     seed=st.integers(0, 10_000),
 )
-def test_ragged_attention_matches_float64_reference(strategy, batch, kv_heads, group, q_len, tail, max_len, seed):
+def test_ragged_attention_matches_float64_reference(strategy, masked, batch, kv_heads, group, q_len, tail, max_len,
+                                                     seed):
     g = torch.Generator().manual_seed(seed)
     d = 8
+    if strategy == "native":
+        _native_or_skip()
+        q_len = 1  # the native kernel is for single-token decoding (ragged_attention routes nothing else to it)
     tail = max(tail, q_len)  # the current query block is part of the tail
     lengths = torch.randint(0, max_len + 1, (batch, kv_heads), generator=g)  # a head may keep nothing
     valid = torch.arange(max_len)[None, None, :] < lengths[..., None]
@@ -64,6 +81,9 @@ def test_ragged_attention_matches_float64_reference(strategy, batch, kv_heads, g
     if q_len > 1:  # causal over the new block at the end of the tail
         q_pos = torch.arange(tail - q_len, tail)
         tail_valid = (torch.arange(tail)[None, :] <= q_pos[:, None])[None, None]
+    elif masked:  # a padded batch: some tail entries hidden per sequence; the newest (the query's own) visible
+        tail_valid = torch.rand(batch if seed % 2 else 1, 1, 1, tail, generator=g) < 0.6
+        tail_valid[..., -1] = True
     else:
         tail_valid = None
     scaling = d ** -0.5
@@ -97,9 +117,10 @@ def _reference_for(query, prefix, tail_store):
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
 def test_strategies_on_decode_layouts_and_large_layers(dtype, tol):
-    """Strided tails, transposed queries, long uneven heads (the size where dispatch picks segments), bf16."""
+    """Strided tails, transposed queries, long uneven heads (several native chunks, segments picked), bf16."""
+    _native_or_skip()
     lengths = torch.tensor([[700, 1, 0], [300, 1200, 45]])
-    query, prefix, tail_store = _layer(2, 3, 4, lengths, tail=20, d=16, dtype=dtype)
+    query, prefix, tail_store = _layer(2, 3, 4, lengths, tail=300, d=16, dtype=dtype)
     reference = _reference_for(query, prefix, tail_store)
     for strategy in STRATEGIES.values():
         out = strategy(query, prefix, tail_store.keys, tail_store.values, None, 16**-0.5)
@@ -109,6 +130,7 @@ def test_strategies_on_decode_layouts_and_large_layers(dtype, tol):
 
 def test_dispatch_uses_flat_attention_only_for_small_layers(monkeypatch):
     calls = []
+    monkeypatch.setattr(kernels, "native_applies", lambda *a: False)
     monkeypatch.setattr(kernels, "flat_attention", lambda *a: calls.append("flat"))
     monkeypatch.setattr(kernels, "segment_attention", lambda *a: calls.append("segments"))
     limit = kernels.FLAT_WASTE_LIMIT // (2 * 8)  # entries where 2 segments x 2 rows x d=8 waste the limit
@@ -116,6 +138,46 @@ def test_dispatch_uses_flat_attention_only_for_small_layers(monkeypatch):
         query, prefix, tail_store = _layer(1, 2, 2, lengths, tail=2, d=8)
         ragged_attention(query, prefix, tail_store.keys, tail_store.values, None, 1.0)
     assert calls == ["flat", "flat", "segments"]
+
+
+def test_dispatch_takes_the_native_kernel_for_cpu_decoding_only(monkeypatch):
+    _native_or_skip()
+    calls = []
+    monkeypatch.setattr(kernels, "native_attention", lambda *a: calls.append("native"))
+    monkeypatch.setattr(kernels, "flat_attention", lambda *a: calls.append("flat"))
+    query, prefix, tail_store = _layer(1, 2, 2, torch.tensor([[10, 30]]), tail=3, d=8)
+    ragged_attention(query, prefix, tail_store.keys, tail_store.values, None, 1.0)
+    ragged_attention(query.half(), RaggedKV(prefix.keys.half(), prefix.values.half(), prefix.lengths),
+                     tail_store.keys.half(), tail_store.values.half(), None, 1.0)  # float16: not native
+    two_tokens = torch.cat([query, query], dim=2)
+    ragged_attention(two_tokens, prefix, tail_store.keys, tail_store.values, None, 1.0)
+    assert calls == ["native", "flat", "flat"]
+
+
+def test_native_build_is_cached_and_a_missing_compiler_falls_back(monkeypatch, tmp_path, caplog):
+    _native_or_skip()
+    monkeypatch.setenv("LAVAKV_CACHE", str(tmp_path))
+    built = native.build()
+    assert built.parent == tmp_path / "native" and built.exists()
+    stamp = built.stat().st_mtime_ns
+    assert native.build() == built and built.stat().st_mtime_ns == stamp  # cached, not rebuilt
+    query, prefix, tail_store = _layer(1, 2, 3, torch.tensor([[5, 9]]), tail=4, d=8)
+    expected = native_attention(query, prefix, tail_store.keys, tail_store.values, None, 0.3)
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("LAVAKV_CACHE", str(tmp_path / "empty"))
+    native.ragged_decode.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="lavakv.native"):
+            assert native.ragged_decode() is None
+        assert "no working C compiler" in caplog.text
+        out = ragged_attention(query, prefix, tail_store.keys, tail_store.values, None, 0.3)  # PyTorch fallback
+        torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
+        monkeypatch.delenv("CC")
+        monkeypatch.setenv("LAVAKV_NATIVE", "0")
+        native.ragged_decode.cache_clear()
+        assert native.ragged_decode() is None
+    finally:
+        native.ragged_decode.cache_clear()
 
 
 def test_segments_and_their_foreign_entries():

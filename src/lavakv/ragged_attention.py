@@ -11,19 +11,25 @@ prefix and tail.
 * :func:`flat_attention` runs one matmul of every query head against every stored entry and masks each head to
   its own segment with :meth:`RaggedKV.foreign_entries`. It does batch x KV heads times the score arithmetic but a
   fixed, small number of ops, which wins on small layers where per-op overhead dominates.
-* :func:`ragged_attention` picks between them by :func:`flat_waste`;
-  :func:`flash_varlen_attention` is the CUDA fast path when flash-attention is installed.
+* :func:`native_attention` is the CPU decode fast path (one query token, float32 / bfloat16): a C kernel
+  (:mod:`lavakv.native`, compiled at first use) that splits every segment into chunks over the CPU threads and
+  merges their partial softmaxes, reading the storage in place.
+* :func:`ragged_attention` takes the native path where it applies, else picks between the two PyTorch strategies
+  by :func:`flat_waste`; :func:`flash_varlen_attention` is the CUDA fast path when flash-attention is installed.
 """
 
 from __future__ import annotations
 
 import torch
 
+from lavakv import native
 from lavakv.storage import RaggedKV
 
 # flat_attention is used while the multiply-adds it spends on other segments' entries stay at most this many
 # (about where it stops beating segment_attention on one CPU thread; benchmarks/decode_kernel.py measures both)
 FLAT_WASTE_LIMIT = 2**19
+NATIVE_CHUNK = 256  # entries per work item of the native kernel
+NATIVE_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def ragged_attention(
@@ -46,9 +52,60 @@ def ragged_attention(
     Returns:
         ``[batch, q_len, q_heads, head_dim]`` (the layout transformers' attention functions return).
     """
+    if native_applies(query, prefix, tail_keys, tail_values):
+        return native_attention(query, prefix, tail_keys, tail_values, tail_valid, scaling)
     if flat_waste(query, prefix) <= FLAT_WASTE_LIMIT:
         return flat_attention(query, prefix, tail_keys, tail_values, tail_valid, scaling)
     return segment_attention(query, prefix, tail_keys, tail_values, tail_valid, scaling)
+
+
+def native_applies(query: torch.Tensor, prefix: RaggedKV, tail_keys: torch.Tensor, tail_values: torch.Tensor) -> bool:
+    """Whether :func:`native_attention` can run: CPU, one query token, float32 / bfloat16 throughout, rows
+    contiguous in their last dimension, and the kernel built (see :mod:`lavakv.native`)."""
+    dtype = query.dtype
+    return (
+        query.shape[2] == 1
+        and dtype in NATIVE_DTYPES
+        and query.device.type == "cpu"
+        and prefix.keys.dtype == prefix.values.dtype == tail_keys.dtype == tail_values.dtype == dtype
+        and prefix.keys.stride(-1) == prefix.values.stride(-1) == tail_keys.stride(-1) == tail_values.stride(-1) == 1
+        and native.ragged_decode() is not None
+    )
+
+
+def native_attention(
+    query: torch.Tensor,
+    prefix: RaggedKV,
+    tail_keys: torch.Tensor,
+    tail_values: torch.Tensor,
+    tail_valid: torch.Tensor | None,
+    scaling: float,
+) -> torch.Tensor:
+    """:func:`ragged_attention` for one decode token on CPU through the native split-K kernel.
+
+    Only valid where :func:`native_applies`; float32 scores, softmax and accumulation.
+    """
+    b, hq, _, d = query.shape
+    h = prefix.lengths.shape[1]
+    t, dv = tail_keys.shape[2], tail_values.shape[-1]
+    q = query.float().contiguous()  # [b, hq, 1, d] = [segments, G, d] in memory
+    starts, lengths = prefix.segment_offsets()
+    visible, visible_stride = None, 0
+    if tail_valid is not None:  # [batch or 1, 1, 1, tail] -> bytes [batch or 1, tail]
+        visible = tail_valid[:, 0, 0].contiguous()
+        visible_stride = t if visible.shape[0] > 1 else 0
+    out = torch.empty(b, 1, hq, dv, dtype=torch.float32)  # = [segments, G, dv] in memory (one query token)
+    tk, tv = tail_keys.stride(), tail_values.stride()
+    failed = native.ragged_decode()(
+        q.data_ptr(), b * h, hq // h, d, dv, scaling, prefix.keys.data_ptr(), prefix.values.data_ptr(),
+        prefix.keys.stride(0), prefix.values.stride(0), starts.data_ptr(), lengths.data_ptr(),
+        tail_keys.data_ptr(), tail_values.data_ptr(), h, tk[0], tk[1], tk[2], tv[0], tv[1], tv[2], t,
+        visible.data_ptr() if visible is not None else None, visible_stride,
+        int(query.dtype == torch.bfloat16), NATIVE_CHUNK, torch.get_num_threads(), out.data_ptr(),
+    )
+    if failed:
+        raise MemoryError("lavakv: the native ragged decode kernel ran out of memory for its partial results")
+    return out if query.dtype == torch.float32 else out.to(query.dtype)
 
 
 def flat_waste(query: torch.Tensor, prefix: RaggedKV) -> int:

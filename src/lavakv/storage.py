@@ -99,6 +99,7 @@ class RaggedKV:
         self._gather: tuple[torch.Tensor, torch.Tensor] | None = None
         self._segments: list[tuple[int, int]] | None = None
         self._foreign: torch.Tensor | None = None
+        self._offsets: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def max_length(self) -> int:
@@ -132,6 +133,13 @@ class RaggedKV:
                 starts.append(starts[-1] + n)
             self._segments = list(zip(starts, lengths, strict=True))
         return self._segments
+
+    def segment_offsets(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Contiguous int64 ``[batch * kv_heads]`` start row and length of each segment (for native kernels)."""
+        if self._offsets is None:
+            starts, lengths = zip(*self.segments(), strict=True) if self.lengths.numel() else ((), ())
+            self._offsets = (torch.tensor(starts, dtype=torch.int64), torch.tensor(lengths, dtype=torch.int64))
+        return self._offsets
 
     def foreign_entries(self) -> torch.Tensor:
         """Bool ``[batch * kv_heads, 1, entries]``: True where an entry belongs to another segment.
