@@ -72,8 +72,11 @@ def build(source: Path = SOURCE) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:  # build aside, then move: concurrent builds are safe
         built = Path(tmp) / target.name
-        done = subprocess.run([compiler, *FLAGS, "-o", str(built), str(source), "-lm"], capture_output=True,
-                              text=True, timeout=300)
+        try:
+            done = subprocess.run([compiler, *FLAGS, "-o", str(built), str(source), "-lm"], capture_output=True,
+                                  text=True, timeout=300)
+        except (OSError, subprocess.SubprocessError) as error:
+            raise RuntimeError(f"{compiler} could not build {source.name}: {error}") from error
         if done.returncode != 0:
             raise RuntimeError(f"{compiler} could not build {source.name}:\n{done.stderr[-2000:]}")
         os.replace(built, target)

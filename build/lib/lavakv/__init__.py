@@ -1,0 +1,22 @@
+"""lavakv: layer-wise KV-cache eviction with dynamic budgets (LAVa) and the field's baselines, with real memory
+savings, for Hugging Face causal language models."""
+
+from lavakv.cache import CompressedCache
+from lavakv.generation import GenerationResult, generate
+from lavakv.methods import Method, describe, list_methods, method
+from lavakv.runtime import Session, SessionStats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CompressedCache",
+    "GenerationResult",
+    "Method",
+    "Session",
+    "SessionStats",
+    "__version__",
+    "describe",
+    "generate",
+    "list_methods",
+    "method",
+]

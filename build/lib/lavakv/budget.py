@@ -1,0 +1,73 @@
+"""Budget arithmetic: the configured budget or compression ratio -> tokens kept per KV head, per sequence.
+
+Units follow METHODS.md §0: ``B`` is the budget per KV head per layer on average, window included; the
+dynamic part shared by the layers is ``T = L * (B - w)``; a compression ratio ``r`` is the fraction of prompt
+entries removed, so ``B = round((1 - r) * n)`` for a prompt of ``n`` real tokens.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def validate_budget(budget: int | None, compression_ratio: float | None, window: int) -> None:
+    """Check a method's budget settings; raise ``ValueError`` / ``TypeError`` naming the problem and the fix."""
+    if isinstance(window, bool) or not isinstance(window, int):
+        raise TypeError(f"window must be an int number of tokens, got {window!r}")
+    if window < 1:
+        raise ValueError(f"window must be >= 1 token, got {window}; the observation window is always kept")
+    if budget is None and compression_ratio is None:
+        raise ValueError(
+            "give exactly one of budget= (tokens per KV head per layer, window included) or "
+            "compression_ratio= (fraction of prompt entries removed, in [0, 1)); use method 'full' for no compression"
+        )
+    if budget is not None and compression_ratio is not None:
+        raise ValueError(
+            f"give exactly one of budget= or compression_ratio=, not both (got budget={budget}, "
+            f"compression_ratio={compression_ratio})"
+        )
+    if budget is not None:
+        if isinstance(budget, bool) or not isinstance(budget, int):
+            raise TypeError(f"budget must be an int number of tokens per KV head, got {budget!r}")
+        if budget <= 0:
+            raise ValueError(
+                f"budget must be >= 1 token per KV head, got {budget}; use method 'full' to disable compression"
+            )
+        if budget < window:
+            raise ValueError(
+                f"budget ({budget}) is smaller than the observation window ({window}), which is always kept; "
+                f"use budget >= {window} or a smaller window="
+            )
+    if compression_ratio is not None:
+        if isinstance(compression_ratio, bool) or not isinstance(compression_ratio, (int, float)):
+            raise TypeError(f"compression_ratio must be a float in [0, 1), got {compression_ratio!r}")
+        if not (0.0 <= float(compression_ratio) < 1.0) or math.isnan(float(compression_ratio)):
+            raise ValueError(
+                f"compression_ratio must be in [0, 1) (the fraction of prompt entries removed), got "
+                f"{compression_ratio}; e.g. 0.75 keeps a quarter of the prompt"
+            )
+
+
+def budget_per_row(
+    real_tokens: torch.Tensor, budget: int | None, compression_ratio: float | None, window: int
+) -> torch.Tensor:
+    """Budget B per KV head per layer (window included) for each sequence of the batch.
+
+    Args:
+        real_tokens: ``[batch]`` number of non-padding prompt tokens n_b.
+    Returns:
+        ``[batch]`` int64 B_b, at least ``min(window, n_b)`` (the window is always kept) and at most ``n_b``.
+    """
+    if budget is not None:
+        b = torch.full_like(real_tokens, budget)
+    else:
+        b = torch.round((1.0 - float(compression_ratio)) * real_tokens.double()).long()
+    b = torch.maximum(b, torch.clamp(real_tokens, max=window))
+    return torch.minimum(b, real_tokens)
+
+
+def rows_to_compress(real_tokens: torch.Tensor, budget: torch.Tensor, window: int) -> torch.Tensor:
+    """``[batch]`` bool: sequences that have anything to evict (budget below the prompt, prompt longer than w)."""
+    return (budget < real_tokens) & (real_tokens > window)

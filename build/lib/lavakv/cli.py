@@ -1,0 +1,333 @@
+"""The ``lavakv`` command: ``methods``, ``generate``, ``demo``, ``eval`` and ``report``.
+
+Results go to stdout; diagnostics go to the ``lavakv`` logger on stderr (``-v`` for progress notes, ``--debug`` for
+debug messages and full tracebacks). Without ``--debug`` any error caused by the input (bad option, unknown model
+or method, budget out of range, missing or empty file, model package not installed) ends the command with exit code
+2 and one line ``lavakv: error: ...`` on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lavakv.cli_support import check_model_request, parse_csv
+from lavakv.generation import GenerationResult, generate, generate_many
+from lavakv.haystack import answer_correct, build_haystack
+from lavakv.methods import Method, describe, list_methods, method
+from lavakv.models import MODELS, ModelNotInstalledError, default_model_name, load_model
+
+logger = logging.getLogger("lavakv")
+
+MIB = 2**20
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEMO_METHODS = "lava,ada-snapkv,snapkv,streamingllm"
+DEMO_BUDGETS = "64,256,512"
+#: Exceptions that mean "the input was wrong": exit code 2, one line, no traceback.
+USER_ERRORS = (ValueError, TypeError, OSError, ImportError, ModelNotInstalledError)
+
+
+class UsageError(Exception):
+    """A command-line parsing error (unknown option, missing argument, bad number)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line instead of argparse's usage + message
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+# -- helpers --------------------------------------------------------------------------------------------------------
+def _build_method(name: str, budget: int | None, ratio: float | None, window: int) -> Method:
+    if name == "full":
+        if budget is not None or ratio is not None:
+            raise ValueError("method 'full' does not compress: drop --budget / --compression-ratio")
+        return method("full", window=window)
+    if budget is None and ratio is None:
+        raise ValueError(f"method {name!r} needs --budget N (tokens per KV head) or --compression-ratio R")
+    return method(name, budget=budget, compression_ratio=ratio, window=window)
+
+
+def _load(name: str, device: str, dtype: str):
+    """Check the model name and device, then load ``(model, tokenizer)``."""
+    check_model_request(name, device, list(MODELS))
+    logger.info("loading %s (%s, %s)", name, dtype, device)
+    started = time.perf_counter()
+    model, tokenizer = load_model(name, dtype=DTYPES[dtype], device=device)
+    logger.info("loaded %s in %.1f s", name, time.perf_counter() - started)
+    return model, tokenizer
+
+
+def _read_context(path: str) -> str:
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"context file {path!r} does not exist (or is not a file)")
+    text = file.read_text(encoding="utf-8")
+    if not text.strip():
+        raise ValueError(f"context file {path!r} is empty: give a file with the text to answer from")
+    return text
+
+
+def _percent(part: float, whole: float) -> str:
+    return f"{100.0 * part / whole:.1f}%" if whole else "n/a"
+
+
+def report_line(result: GenerationResult) -> str:
+    """One line of what a generation kept, held and took."""
+    decode = result.decode_ms_per_token
+    decode_text = f"{decode:.1f} ms/token" if decode is not None else "n/a"
+    return (
+        f"prompt {result.prompt_tokens} tokens | kept {result.kept_entries} KV entries | resident KV "
+        f"{result.resident_kv_bytes / MIB:.2f} MiB of {result.uncompressed_kv_bytes / MIB:.2f} MiB uncompressed "
+        f"({_percent(result.resident_kv_bytes, result.uncompressed_kv_bytes)}) | prefill "
+        f"{result.prefill_seconds:.2f} s | decode {decode_text} ({result.new_tokens} tokens)"
+    )
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain-text table with left-aligned columns."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# -- commands -------------------------------------------------------------------------------------------------------
+def cmd_methods(args: argparse.Namespace) -> int:
+    """Print the presets with their components and default parameters."""
+    rows = []
+    for name in list_methods():
+        info = describe(name)
+        params = ", ".join(f"{k}={v}" for k, v in sorted(info["params"].items())) or "-"
+        rows.append([name, info["scorer"] or "-", info["layers"] or "-", info["heads"] or "-", params])
+    print(format_table(["method", "scorer", "layers", "heads", "parameters"], rows))
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Answer a question about a context (or continue it) with one method; print the answer and a report."""
+    m = _build_method(args.method, args.budget, args.compression_ratio, args.window)
+    context = _read_context(args.context_file) if args.context_file is not None else args.prompt
+    if not context.strip():
+        raise ValueError("--prompt is empty: give the text to answer from")
+    if args.question is not None and not args.question.strip():
+        raise ValueError("--question is empty")
+    if args.query_agnostic and args.question is None:
+        raise ValueError("--query-agnostic needs --question (the context is compressed before the question)")
+    model, tokenizer = _load(args.model, args.device, args.dtype)
+    result = generate(
+        model, tokenizer, context, question=args.question, method=m, max_new_tokens=args.max_new_tokens,
+        query_agnostic=args.query_agnostic, chat=not args.no_chat, answer_prefix=args.answer_prefix,
+    )
+    print(result.text)
+    print(report_line(result))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Needle in a haystack: uncompressed vs each method at each budget; table, PNG chart and JSON."""
+    names = [n for n in parse_csv(args.methods, str, "--methods") if n != "full"]
+    budgets = parse_csv(args.budgets, int, "--budgets")
+    runs: list[tuple[str, int | None, Method]] = [("full", None, method("full", window=args.window))]
+    runs += [(n, b, _build_method(n, b, None, args.window)) for n in names for b in budgets]  # validate first
+    if args.tokens < 1:
+        raise ValueError(f"--tokens must be >= 1, got {args.tokens}")
+    started = time.perf_counter()
+    model, tokenizer = _load(args.model, args.device, args.dtype)
+    hay = build_haystack(tokenizer, args.tokens, depth=args.depth, seed=args.seed)
+    logger.info("haystack: %d tokens, needle at depth %.2f, answer %s", hay.tokens, hay.depth, hay.answer)
+    with torch.no_grad():  # warm-up, so the first timed run does not pay one-time costs
+        warm = tokenizer(hay.context[:200], return_tensors="pt")["input_ids"][:, :32].to(model.device)
+        model(input_ids=warm)
+
+    rows: list[dict[str, Any]] = []
+    # one exact prefill serves every method (identical caches to separate runs); decoding is per method
+    results = generate_many(
+        model, tokenizer, hay.context, question=hay.question, methods=[m for _, _, m in runs],
+        max_new_tokens=args.max_new_tokens, query_agnostic=args.query_agnostic, answer_prefix=hay.answer_prefix,
+        progress=True,
+    )
+    full_logits = results[0].first_token_logits
+    for (name, budget, _), result in zip(runs, results, strict=True):
+        logits = result.first_token_logits
+        diff = float((logits - full_logits).abs().max())
+        rows.append({
+            "label": name if budget is None else f"{name}@{budget}", "method": name, "budget": budget,
+            "correct": answer_correct(result.text, hay.answer), "prediction": result.text,
+            "prompt_tokens": result.prompt_tokens, "kept_entries": result.kept_entries,
+            "resident_kv_bytes": result.resident_kv_bytes, "uncompressed_kv_bytes": result.uncompressed_kv_bytes,
+            "prefill_seconds": result.prefill_seconds, "decode_seconds": result.decode_seconds,
+            "new_tokens": result.new_tokens, "decode_ms_per_token": result.decode_ms_per_token,
+            "first_token_logits_equal_full": bool(torch.equal(logits, full_logits)),
+            "first_token_logits_max_abs_diff": diff,
+        })
+    wall = time.perf_counter() - started
+
+    mode = "query-agnostic" if args.query_agnostic else "query-aware"
+    print(f"model {args.model} | haystack {hay.tokens} tokens, prompt {rows[0]['prompt_tokens']} tokens | needle "
+          f"at depth {hay.depth:.2f} | {mode} | expected answer {hay.answer}")
+    table = []
+    for r in rows:
+        ms = r["decode_ms_per_token"]
+        diff = r["first_token_logits_max_abs_diff"]
+        same = "identical" if r["first_token_logits_equal_full"] else f"max diff {diff:.1e}"
+        table.append([
+            r["method"], r["budget"] if r["budget"] is not None else "-", "yes" if r["correct"] else "no",
+            r["kept_entries"], f"{r['resident_kv_bytes'] / MIB:.2f}",
+            _percent(r["resident_kv_bytes"], rows[0]["resident_kv_bytes"]), f"{r['prefill_seconds']:.2f}",
+            f"{ms:.1f}" if ms is not None else "-", same, repr(r["prediction"][:28]),
+        ])
+    print(format_table(["method", "budget", "correct", "kept entries", "KV MiB", "of full", "prefill s",
+                        "decode ms/tok", "1st-token logits vs full", "answer"], table))
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {
+        "model": args.model, "mode": mode, "haystack_tokens": hay.tokens, "depth": hay.depth, "seed": args.seed,
+        "question": hay.question, "answer": hay.answer, "window": args.window, "max_new_tokens": args.max_new_tokens,
+        "wall_seconds": wall, "runs": rows,
+        "environment": {
+            "torch": torch.__version__, "transformers": _version("transformers"), "device": str(model.device),
+            "dtype": args.dtype, "threads": torch.get_num_threads(), "platform": platform.platform(),
+        },
+    }
+    json_path = out / "demo_results.json"
+    json_path.write_text(json.dumps(results, indent=2))
+    print(f"results: {json_path}")
+    try:
+        from lavakv.plots import plot_demo_memory
+
+        title = f"{args.model}: resident KV cache, needle in {hay.tokens}-token haystack ({mode})"
+        print(f"chart: {plot_demo_memory(rows, out / 'demo_memory.png', title=title)}")
+    except ImportError as error:
+        logger.warning("no chart: %s", error)
+    print(f"wall time {wall:.1f} s")
+    return 0
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+# -- parser ---------------------------------------------------------------------------------------------------------
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=default_model_name(),
+                   help=f"model name ({', '.join(MODELS)}), local directory or .gguf file (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)")
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="parameter dtype (default: %(default)s)")
+    p.add_argument("--window", type=int, default=32, help="observation window, always kept (default: %(default)s)")
+    p.add_argument("--query-agnostic", action="store_true",
+                   help="compress the context before the question is seen, then feed the question")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``lavakv`` command."""
+    common = _Parser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="debug logging and full tracebacks on errors")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log progress notes on stderr")
+    parser = _Parser(prog="lavakv", description="KV-cache compression (LAVa and baselines) for Hugging Face LMs.",
+                     parents=[common])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("methods", parents=[common], help="list the method presets",
+                       description="List the method presets with their components and default parameters.")
+    p.set_defaults(run=cmd_methods)
+
+    p = sub.add_parser("generate", parents=[common], help="answer a question with a compressed KV cache",
+                       description="Answer a question about a context (or continue it) with one method; prints the "
+                                   "answer and one line of kept entries, resident KV bytes and timings.")
+    _add_model_options(p)
+    p.add_argument("--method", default="lava", help="method preset, see `lavakv methods` (default: %(default)s)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--budget", type=int, help="tokens kept per KV head per layer on average, window included")
+    size.add_argument("--compression-ratio", type=float, help="fraction of prompt entries removed, in [0, 1)")
+    text = p.add_mutually_exclusive_group(required=True)
+    text.add_argument("--context-file", help="UTF-8 file with the context")
+    text.add_argument("--prompt", help="the context as text")
+    p.add_argument("--question", help="question asked after the context")
+    p.add_argument("--answer-prefix", default="", help="text the answer starts with")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="(default: %(default)s)")
+    p.add_argument("--no-chat", action="store_true", help="do not use the tokenizer's chat template")
+    p.set_defaults(run=cmd_generate)
+
+    p = sub.add_parser("demo", parents=[common], help="needle-in-a-haystack demo: memory, speed, answers",
+                       description="Build one needle-in-a-haystack prompt, answer it uncompressed and with each "
+                                   "method at each budget; print a table, write a PNG chart and a JSON of results.")
+    _add_model_options(p)
+    p.add_argument("--tokens", type=int, default=3000, help="haystack length in tokens (default: %(default)s)")
+    p.add_argument("--depth", type=float, default=0.5, help="needle depth, 0 = start .. 1 = end (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="haystack seed (default: %(default)s)")
+    p.add_argument("--methods", default=DEMO_METHODS, help="comma-separated presets (default: %(default)s)")
+    p.add_argument("--budgets", default=DEMO_BUDGETS, help="comma-separated budgets (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=16, help="(default: %(default)s)")
+    p.add_argument("--out", default="demo_out", help="output directory (default: %(default)s)")
+    p.set_defaults(run=cmd_demo)
+    from lavakv.eval.commands import add_subcommands
+
+    add_subcommands(sub, parents=[common])  # `lavakv eval` and `lavakv report`
+    return parser
+
+
+def _configure_logging(debug: bool, verbose: bool) -> None:
+    for handler in list(logger.handlers):
+        if getattr(handler, "_lavakv_cli", False):
+            logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler._lavakv_cli = True
+    handler.setFormatter(logging.Formatter("lavakv: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING)
+    if not (debug or verbose):
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+
+
+def _fail(error: BaseException, code: int) -> int:
+    message = " ".join(str(error).split()) or type(error).__name__
+    print(f"lavakv: error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``lavakv`` command; returns the exit code (0 ok, 1 internal error, 2 bad input, 130 interrupted)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as error:
+        return _fail(error, 2)
+    debug = getattr(args, "debug", False)
+    _configure_logging(debug, getattr(args, "verbose", False))
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print("lavakv: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if debug:
+            raise
+        if isinstance(error, USER_ERRORS):
+            return _fail(error, 2)
+        return _fail(RuntimeError(f"internal error ({type(error).__name__}: {error}); rerun with --debug for the "
+                                  "traceback"), 1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

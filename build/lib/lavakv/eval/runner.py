@@ -1,0 +1,409 @@
+"""The evaluation runner: every task x method x budget, one exact prefill per sample, resumable result directories.
+
+For each task, each (method, budget or ratio) is a *run* with its own directory under ``out``::
+
+    <task>__<model>__<method>-<b64|r0.5|full>__<query-aware|query-agnostic>__<config hash>/
+        config.json         resolved config (task generator settings, method components, mode, model, dtype)
+        provenance.json     package version + git commit, torch / transformers, model + sha256, dtype, attention
+                            implementation, seeds, start time; wall time added as runs progress and finish
+        predictions.jsonl   one record per sample, appended (and flushed) as soon as it is scored
+        metrics.json        written when every sample asked for is done (lists their ids; a run whose metrics
+                            list exactly the samples asked for is finished)
+
+The directory name is deterministic (the hash covers everything that decides the numbers except how many samples
+are drawn), so a re-run finds finished runs and skips them, and resumes unfinished ones at the samples their
+predictions lack: an interrupted run loses no finished sample, and a re-run with a larger ``--samples`` only
+computes the new samples (records are matched by sample id; sample ids must be unique). A re-run with fewer
+samples reports metrics over those alone but leaves the larger ``metrics.json`` in place; a resumed run appends the
+session (git commit, versions, time) to its provenance. For each sample still missing somewhere, ONE
+``session.prefill`` fills a compressed cache for every pending run (prefill attention is exact, so each cache
+equals a separate run's), then each cache is decoded greedily on its own (:mod:`lavakv.eval.decode`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lavakv.eval.decode import decode_text, feed, greedy_decode, stop_ids
+from lavakv.eval.provenance import collect, now
+from lavakv.eval.tasks import Task, TaskOptions, build_tasks
+from lavakv.eval.tasks.base import Sample
+from lavakv.methods import Method, list_methods
+from lavakv.methods import method as make_method
+
+logger = logging.getLogger("lavakv")
+
+CONFIG = "config.json"
+PROVENANCE = "provenance.json"
+PREDICTIONS = "predictions.jsonl"
+METRICS = "metrics.json"
+
+
+@dataclass
+class EvalConfig:
+    """What ``lavakv eval`` runs.
+
+    Attributes:
+        task: task spec (see :mod:`lavakv.eval.tasks`), e.g. ``"needle"``, ``"ruler"``, ``"longbench:lcc"``.
+        methods: preset names; ``full`` runs once, every other preset once per budget and per ratio.
+        budgets: tokens per KV head (window included).
+        compression_ratios: fractions of the prompt entries removed.
+        query_agnostic: compress the context alone, then feed the question (else the whole prompt is compressed).
+        window: observation window of every method.
+        out: the results root.
+        options: task settings (lengths, samples, seed, ...).
+    """
+
+    task: str
+    methods: list[str]
+    budgets: list[int] = field(default_factory=list)
+    compression_ratios: list[float] = field(default_factory=list)
+    query_agnostic: bool = False
+    window: int = 32
+    out: str | Path = "eval_out"
+    options: TaskOptions = field(default_factory=TaskOptions)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One method at one budget (or ratio)."""
+
+    method: Method
+
+    @property
+    def label(self) -> str:
+        m = self.method
+        if m.budget is not None:
+            return f"{m.name}-b{m.budget}"
+        if m.compression_ratio is not None:
+            return f"{m.name}-r{m.compression_ratio:g}"
+        return m.name
+
+
+@dataclass
+class RunResult:
+    """What happened to one run directory in :func:`run_eval`."""
+
+    directory: Path
+    task: str
+    label: str
+    status: str  # "finished" (this call), "skipped" (finished before), "partial" (stopped early)
+    metrics: dict[str, Any] | None
+
+
+def plan_runs(config: EvalConfig) -> list[Run]:
+    """The runs of ``config``, validated (unknown method, missing budget, bad budget -> ValueError)."""
+    if not config.methods:
+        raise ValueError(f"--methods is empty; choose from: {', '.join(list_methods())}")
+    runs: list[Run] = []
+    for name in config.methods:
+        if name not in list_methods():
+            raise ValueError(f"unknown method {name!r}; choose from: {', '.join(list_methods())}")
+        if name == "full":
+            runs.append(Run(make_method("full", window=config.window)))
+            continue
+        if not config.budgets and not config.compression_ratios:
+            raise ValueError(f"method {name!r} needs --budgets or --compression-ratios")
+        runs += [Run(make_method(name, budget=b, window=config.window)) for b in config.budgets]
+        runs += [Run(make_method(name, compression_ratio=r, window=config.window)) for r in config.compression_ratios]
+    labels = [r.label for r in runs]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"duplicate runs in --methods / --budgets: {', '.join(labels)}")
+    return runs
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of ``text``."""
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-") or "x"
+
+
+def run_config(task: Task, run: Run, config: EvalConfig, model, model_id: str) -> dict[str, Any]:
+    """The resolved config of one run (also what its directory hash covers)."""
+    parameter = next(model.parameters())
+    return {
+        "task": task.name,
+        "task_settings": task.identity(),
+        "model": model_id,
+        "dtype": str(parameter.dtype).removeprefix("torch."),
+        "method": run.method.describe(),
+        "label": run.label,
+        "query_mode": "query-agnostic" if agnostic_for(task, config) else "query-aware",
+        "decoding": "greedy",
+    }
+
+
+def agnostic_for(task: Task, config: EvalConfig) -> bool:
+    """Whether ``task`` runs query-agnostic: only tasks that generate answers to a question can (fidelity has no
+    question: it always compresses its whole prompt)."""
+    return config.query_agnostic and task.generates
+
+
+def run_directory(out: Path, resolved: dict[str, Any]) -> Path:
+    """Deterministic directory of a run: readable parts plus a hash of its resolved config."""
+    digest = hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    name = "__".join([slug(resolved["task"]), slug(resolved["model"]), slug(resolved["label"]),
+                      resolved["query_mode"], digest])
+    return out / name
+
+
+def read_predictions(path: Path) -> list[dict[str, Any]]:
+    """The records of a predictions file; a torn last line (interrupted write) is dropped and the file repaired."""
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number != len(lines):
+                raise ValueError(f"{path} line {number} is not JSON; delete the run directory to redo it") from None
+            logger.warning("%s: dropping a torn last line (interrupted write)", path)
+            path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+            return records
+    if text and not text.endswith("\n"):  # a whole last record whose newline was not written: end the line
+        path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return records
+
+
+def append_record(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line and push it to disk."""
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, default=_json_default) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _json_default(value):
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` atomically (temp file + rename)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+@dataclass
+class _RunState:
+    run: Run
+    directory: Path
+    done: set[str]  # ids of the samples with a record (the config hash and the id fix each sample's content)
+    records: list[dict[str, Any]]
+
+
+# -- one sample ----------------------------------------------------------------------------------------------------
+def evaluate_sample(model, tokenizer, session, task: Task, sample: Sample, methods: list[Method],
+                    query_agnostic: bool) -> list[dict[str, Any]]:
+    """Records of every method on ``sample``: one shared exact prefill, then greedy decoding per cache."""
+    if not task.generates:
+        return task.evaluate(model, session, sample, methods)
+    ids = sample.prompt_ids(tokenizer)
+    agnostic = query_agnostic and bool(ids.rest)
+    prefix = ids.context if agnostic else ids.whole
+    if not prefix:
+        raise ValueError(f"{task.name} sample {sample.id}: empty prompt")
+    device = next(model.parameters()).device
+    x = torch.tensor([prefix], device=device)  # [1, n]
+    stops = stop_ids(model, tokenizer)
+    for text in sample.extra_stops:
+        encoded = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if encoded:
+            stops.add(int(encoded[-1]))
+    start = time.perf_counter()
+    caches, logits = session.prefill(x, torch.ones_like(x), methods)
+    prefill_seconds = time.perf_counter() - start
+    records = []
+    for cache in caches:
+        start = time.perf_counter()
+        past = len(prefix)
+        last = logits
+        stats = session.stats(cache)  # right after the compressed prefill
+        if agnostic:
+            last = feed(model, cache, ids.rest, past)
+            past += len(ids.rest)
+        resident = cache.resident_kv_bytes()  # when decoding starts (the question included when fed after)
+        decoded = greedy_decode(model, cache, last, past=past, max_new_tokens=sample.max_new_tokens, stops=stops)
+        prediction = decode_text(tokenizer, decoded.tokens)
+        records.append({
+            "prediction": prediction,
+            "scores": task.score(sample, prediction),
+            "prompt_tokens": len(ids.context) + len(ids.rest) if agnostic else len(ids.whole),
+            "compressed_tokens": len(prefix),
+            "kept_entries": stats.kept_entries,
+            "resident_kv_bytes": stats.resident_kv_bytes,
+            "resident_kv_bytes_at_decode": resident,
+            "uncompressed_kv_bytes": stats.uncompressed_kv_bytes,
+            "new_tokens": len(decoded.tokens),
+            "stopped": decoded.stopped,
+            "prefill_seconds": prefill_seconds,
+            "decode_seconds": time.perf_counter() - start,
+            "query_mode": "query-agnostic" if agnostic else "query-aware",
+        })
+    return records
+
+
+# -- the runner ----------------------------------------------------------------------------------------------------
+def run_eval(model, tokenizer, config: EvalConfig, *, model_id: str, progress: bool = True) -> list[RunResult]:
+    """Run (or resume) every run of ``config``; returns one :class:`RunResult` per run directory.
+
+    Args:
+        model: a supported causal LM (``eval()`` mode); tokenizer: its tokenizer.
+        config: what to run.
+        model_id: the model's name or path, as recorded and used in directory names.
+        progress: show a progress bar with ETA on stderr.
+    """
+    from tqdm.auto import tqdm
+
+    runs = plan_runs(config)  # validate before any work
+    tasks = build_tasks(config.task, tokenizer, config.options)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.options.seed)
+    attn_implementation = model.config._attn_implementation
+    results: list[RunResult] = []
+    full = make_method("full", window=config.window)
+    session_record = collect(model, model_id, seed=config.options.seed, attn_implementation=attn_implementation)
+    session_record["attention_route"] = "lavakv attention function (exact SDPA prefill; kept entries after)"
+    later_session = {k: session_record.get(k) for k in ("lavakv_version", "git", "torch", "transformers",
+                                                         "model_sha256", "started_at")}
+    with torch.no_grad(), full.attach(model) as session:
+        for task in tasks:
+            if config.query_agnostic and not task.generates:
+                logger.warning("%s has no question to feed after compression: it runs query-aware", task.name)
+            ids = [task.sample_id(i) for i in range(len(task))]
+            if len(set(ids)) != len(ids):
+                repeated = sorted({i for i in ids if ids.count(i) > 1})
+                raise ValueError(f"{task.name}: samples {', '.join(repeated[:5])} occur more than once; remove "
+                                 "repeated --lengths / --depths values (LongBench: records with the same _id)")
+            states: list[_RunState] = []
+            for run in runs:
+                resolved = run_config(task, run, config, model, model_id)
+                directory = run_directory(out, resolved)
+                finished = _finished_metrics(directory, ids)
+                if finished is not None:
+                    logger.info("%s %s: finished before, skipped (%s)", task.name, run.label, directory)
+                    results.append(RunResult(directory, task.name, run.label, "skipped", finished))
+                    continue
+                directory.mkdir(parents=True, exist_ok=True)
+                if not (directory / CONFIG).exists():
+                    write_json(directory / CONFIG, resolved)
+                records = read_predictions(directory / PREDICTIONS)
+                done = {r["id"] for r in records}
+                if not (directory / PROVENANCE).exists():
+                    write_json(directory / PROVENANCE, {**session_record, "wall_seconds": 0.0})
+                elif not done.issuperset(ids):  # resumed or extended: log this session too
+                    provenance = json.loads((directory / PROVENANCE).read_text())
+                    provenance.setdefault("later_sessions", []).append(later_session)
+                    write_json(directory / PROVENANCE, provenance)
+                states.append(_RunState(run, directory, done, records))
+            if not states:
+                continue
+            todo = [i for i in range(len(task)) if any(ids[i] not in s.done for s in states)]
+            started = time.perf_counter()
+            try:
+                bar = tqdm(todo, desc=task.name, unit="sample", disable=not progress, file=sys.stderr)
+                for index in bar:
+                    sample = task.sample(index)
+                    pending = [s for s in states if sample.id not in s.done]
+                    outcomes = evaluate_sample(model, tokenizer, session, task, sample,
+                                               [s.run.method for s in pending], agnostic_for(task, config))
+                    for state, outcome in zip(pending, outcomes, strict=True):
+                        record = {"id": sample.id, "index": index, "label": state.run.label,
+                                  "references": sample.references, "meta": sample.meta, **outcome,
+                                  "shared_prefill_runs": len(pending)}
+                        append_record(state.directory / PREDICTIONS, record)
+                        state.done.add(sample.id)
+                        state.records.append(record)
+            finally:
+                elapsed = time.perf_counter() - started
+                for state in states:
+                    _add_wall_time(state.directory, elapsed)
+            for state in states:
+                metrics = finish_run(task, state, ids)
+                status = "skipped" if "sample_ids_on_disk" in metrics else "finished"
+                results.append(RunResult(state.directory, task.name, state.run.label, status, metrics))
+    return results
+
+
+def _add_wall_time(directory: Path, seconds: float) -> None:
+    path = directory / PROVENANCE
+    record = json.loads(path.read_text())
+    record["wall_seconds"] = float(record.get("wall_seconds", 0.0)) + seconds
+    write_json(path, record)
+
+
+def _metrics_on_disk(directory: Path) -> dict[str, Any] | None:
+    path = directory / METRICS
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _finished_metrics(directory: Path, ids: list[str]) -> dict[str, Any] | None:
+    """The run's metrics if it finished exactly the samples ``ids`` before, else None."""
+    metrics = _metrics_on_disk(directory)
+    return metrics if metrics is not None and metrics.get("sample_ids") == ids else None
+
+
+def finish_run(task: Task, state: _RunState, ids: list[str]) -> dict[str, Any]:
+    """Aggregate the records of the samples ``ids`` (in task order) into ``metrics.json``; stamp the provenance."""
+    config = json.loads((state.directory / CONFIG).read_text())
+    by_id = {}
+    for record in state.records:
+        by_id.setdefault(record["id"], record)
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise RuntimeError(f"{state.directory}: no record for samples {', '.join(missing)}")
+    ordered = [by_id[i] for i in ids]
+    previous = _metrics_on_disk(state.directory)
+    if previous is not None and set(ids) < set(previous.get("sample_ids") or []):
+        # fewer samples than a finished run of this directory: report them, keep the larger metrics.json
+        return {**_aggregate(task, state, config, ordered, ids), "sample_ids_on_disk": previous["sample_ids"]}
+    metrics = _aggregate(task, state, config, ordered, ids)
+    write_json(state.directory / METRICS, metrics)
+    path = state.directory / PROVENANCE
+    record = json.loads(path.read_text())
+    record["finished_at"] = now()
+    write_json(path, record)
+    return metrics
+
+
+def _aggregate(task: Task, state: _RunState, config: dict[str, Any], ordered: list[dict[str, Any]],
+               ids: list[str]) -> dict[str, Any]:
+    """The metrics of ``ordered`` (the records of samples ``ids``)."""
+    aggregate = task.aggregate(ordered)
+
+    def mean(key: str) -> float | None:
+        values = [r[key] for r in ordered if r.get(key) is not None]
+        return statistics.fmean(values) if values else None
+
+    m = state.run.method
+    metrics = {
+        "task": task.name, "model": config["model"], "label": state.run.label, "method": m.name,
+        "budget": m.budget, "compression_ratio": m.compression_ratio, "window": m.window,
+        "query_mode": config["query_mode"], "samples": len(ordered), "sample_ids": ids, "score_name": task.score_name,
+        "score": aggregate.get(task.score_name), **aggregate,
+        "resident_kv_bytes": mean("resident_kv_bytes"), "uncompressed_kv_bytes": mean("uncompressed_kv_bytes"),
+        "kept_entries": mean("kept_entries"), "prompt_tokens": mean("prompt_tokens"),
+        "new_tokens": mean("new_tokens"), "decode_seconds": sum(r.get("decode_seconds") or 0.0 for r in ordered),
+    }
+    return metrics

@@ -1,0 +1,219 @@
+"""Fidelity to the uncompressed model on real text: teacher-forced continuation and attention-output error.
+
+Sample ``i`` takes a span of a standard-library source file (seeded choice of file and offset): ``length`` prompt
+tokens, then ``continuation`` tokens. One exact prefill of the prompt fills every method's cache and an
+uncompressed reference cache. Then:
+
+* the continuation (all but its last token) is fed teacher-forced through each cache in one block; against the
+  reference, per position: KL(full || compressed) of the next-token distributions, top-1 agreement, and the
+  negative log-likelihood of the true next token, giving the perplexity ratio compressed / full (the first
+  continuation token is predicted from the prefill logits, which compression never changes, so it is left out);
+* per compressible layer, the relative error ||y - y_hat||_F / ||y||_F of the attention output (before the output
+  projection) of the last ``window`` prompt queries: y attends over every prompt key, y_hat over the entries the
+  layer kept. The window queries are captured during the prefill by wrapping the session's attention route
+  (:data:`lavakv.attention.ROUTES`); the kept entries are read from the cache right after prefill. The kept
+  entries of a head are stored in position order and the window is always kept, so the last ``window`` of them
+  are the window (causal among the window queries) and the rest precede every window query; a layer where that
+  check fails reports NaN.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import statistics
+from typing import Any
+
+import torch
+
+from lavakv.attention import ROUTES
+from lavakv.cache import CompressedLayer
+from lavakv.eval.tasks.base import Sample, Task, TaskOptions, resolve
+from lavakv.eval.tasks.sources import read_source, stdlib_files, stdlib_root
+
+DEFAULT_LENGTHS = [2048]
+
+
+class FidelityTask(Task):
+    """Teacher-forced KL / top-1 / perplexity ratio and per-layer attention-output error; headline ``kl``."""
+
+    name = "fidelity"
+    score_name = "kl"
+    generates = False
+
+    def __init__(self, tokenizer, options: TaskOptions) -> None:
+        super().__init__(tokenizer, options)
+        self.lengths = resolve(options.lengths, DEFAULT_LENGTHS)
+        self.repeats = resolve(options.samples, 10)
+        self.continuation = options.continuation
+        if self.continuation < 2:
+            raise ValueError(f"fidelity needs a continuation of at least 2 tokens, got {self.continuation}")
+
+    def __len__(self) -> int:
+        return len(self.lengths) * self.repeats
+
+    def settings(self) -> dict[str, Any]:
+        return {"lengths": self.lengths, "samples_per_length": self.repeats, "seed": self.options.seed,
+                "continuation": self.continuation, "source": f"standard library at {stdlib_root()}"}
+
+    def sample(self, index: int) -> Sample:
+        length = self.lengths[index // self.repeats]
+        need = length + self.continuation
+        rng = random.Random(f"{self.sample_seed(*divmod(index, self.repeats))}:fidelity")
+        files = stdlib_files()
+        for _ in range(200):
+            path = files[rng.randrange(len(files))]
+            ids = list(self.tokenizer(read_source(path), add_special_tokens=False)["input_ids"])
+            if len(ids) >= need:
+                break
+        else:
+            raise ValueError(f"fidelity: no standard-library file has {need} tokens; use a smaller length")
+        start = rng.randrange(len(ids) - need + 1)
+        prompt, continuation = ids[start:start + length], ids[start + length:start + need]
+        return Sample(
+            id=self.sample_id(index), context="", query="", answer_prefix="", references=[],
+            max_new_tokens=0, chat=False,
+            meta={"length": length, "file": str(path.relative_to(stdlib_root())), "offset_tokens": start},
+            payload=(prompt, continuation),
+        )
+
+    def aggregate(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in ("kl", "top1_agreement", "ppl_ratio", "attention_error"):
+            values = [r["scores"][name] for r in records if not math.isnan(r["scores"][name])]
+            out[name] = statistics.fmean(values) if values else float("nan")
+        layers = [r["attention_error_per_layer"] for r in records]
+        if layers:
+            out["attention_error_per_layer"] = [
+                statistics.fmean(v for v in column if not math.isnan(v)) if any(not math.isnan(v) for v in column)
+                else float("nan") for column in zip(*layers, strict=True)
+            ]
+        return out
+
+    # -- evaluation ----------------------------------------------------------------------------------------
+    def evaluate(self, model, session, sample: Sample, methods: list) -> list[dict[str, Any]]:
+        """Scores of every method on ``sample`` (one shared prefill); one record per method, in order."""
+        from lavakv.methods import method as make_method
+
+        prompt, continuation = sample.payload
+        device = next(model.parameters()).device
+        ids = torch.tensor([prompt], device=device)  # [1, n]
+        everyone = [make_method("full"), *methods]
+        with capture_window_queries(model, max(m.window for m in everyone)) as captured:
+            caches, _ = session.prefill(ids, torch.ones_like(ids), everyone)
+        stats = [session.stats(c) for c in caches]
+        errors = [attention_errors(caches[0], cache, captured, m.window) for cache, m in zip(caches, everyone,
+                                                                                         strict=True)]
+        block = torch.tensor([continuation[:-1]], device=device)  # [1, c - 1]
+        targets = torch.tensor(continuation[1:], device=device)  # [c - 1]
+        n = len(prompt)
+        logprobs = []
+        with torch.no_grad():
+            for cache in caches:
+                q = block.shape[1]
+                out = model(block, attention_mask=torch.ones(1, n + q, dtype=torch.long, device=device),
+                            position_ids=torch.arange(n, n + q, device=device)[None], cache=cache)
+                logprobs.append(torch.log_softmax(out.logits[0].float(), dim=-1))  # [c - 1, vocab]
+        reference = logprobs[0]
+        nll_full = -reference.gather(1, targets[:, None]).mean()
+        records = []
+        for logp, stat, error in zip(logprobs[1:], stats[1:], errors[1:], strict=True):
+            kl = (reference.exp() * (reference - logp)).sum(-1).mean()
+            top1 = (reference.argmax(-1) == logp.argmax(-1)).float().mean()
+            nll = -logp.gather(1, targets[:, None]).mean()
+            finite = [e for e in error if not math.isnan(e)]
+            records.append({
+                "scores": {"kl": float(kl), "top1_agreement": float(top1),
+                           "ppl_ratio": float(torch.exp(nll - nll_full)),
+                           "attention_error": statistics.fmean(finite) if finite else float("nan")},
+                "ppl_full": float(torch.exp(nll_full)), "ppl": float(torch.exp(nll)),
+                "attention_error_per_layer": error,
+                "prompt_tokens": n, "compressed_tokens": n, "kept_entries": stat.kept_entries,
+                "resident_kv_bytes": stat.resident_kv_bytes, "uncompressed_kv_bytes": stat.uncompressed_kv_bytes,
+            })
+        return records
+
+
+@contextlib.contextmanager
+def capture_window_queries(model, window: int):
+    """Record each attention layer's last ``window`` prefill queries ``[batch, q_heads, window, head_dim]`` (post-RoPE)
+    and its softmax scale.
+
+    Yields ``{layer_idx: (queries, scaling)}``, filled by the first multi-token call of each layer. Must be used
+    inside an attached session (it wraps the session's routes and restores them on exit).
+    """
+    captured: dict[int, tuple[torch.Tensor, float]] = {}
+    wrapped = []
+    for module in model.modules():
+        handler = ROUTES.get(module)
+        if handler is None:
+            continue
+
+        def route(mod, query, key, value, attention_mask, _handler=handler, **kwargs):
+            if mod.layer_idx not in captured and query.shape[2] > 1:
+                scaling = float(kwargs.get("scaling") or mod.scaling)
+                captured[mod.layer_idx] = (query[:, :, -window:].detach().clone(), scaling)
+            return _handler(mod, query, key, value, attention_mask, **kwargs)
+
+        ROUTES[module] = route
+        wrapped.append((module, handler))
+    if not wrapped:
+        raise RuntimeError("capture_window_queries needs an attached session (`with method.attach(model)`)")
+    try:
+        yield captured
+    finally:
+        for module, handler in wrapped:
+            ROUTES[module] = handler
+
+
+def _kept(layer: CompressedLayer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A layer's prompt entries right after prefill: K, V ``[b, h, m, d]`` and valid ``[b, h, m]``."""
+    if layer.prefix is not None:
+        return layer.prefix.padded()
+    keys, values = layer.dense.keys, layer.dense.values
+    return keys, values, torch.ones(keys.shape[:3], dtype=torch.bool, device=keys.device)
+
+
+def _window_attention(q: torch.Tensor, keys, values, valid, positions, scaling: float) -> torch.Tensor:
+    """Attention output ``[b, h_kv, g, w, d]`` of window queries ``q [b, hq, w, d]`` over entries at ``positions``."""
+    b, hq, w, d = q.shape
+    h = keys.shape[1]
+    qg = q.float().reshape(b, h, hq // h, w, d)
+    logits = torch.einsum("bhgwd,bhmd->bhgwm", qg, keys.float()) * scaling
+    query_pos = positions.new_tensor(range(w))  # window-relative positions of the queries
+    visible = valid[:, :, None, None, :] & (positions[:, :, None, None, :] <= query_pos[None, None, None, :, None])
+    probs = torch.softmax(logits.masked_fill(~visible, float("-inf")), dim=-1)
+    return torch.einsum("bhgwm,bhmd->bhgwd", probs, values.float())
+
+
+def attention_errors(full_cache, cache, captured: dict[int, tuple[torch.Tensor, float]], window: int) -> list[float]:
+    """Per compressible layer: ||y - y_hat||_F / ||y||_F of the last ``window`` queries' attention outputs."""
+    errors = []
+    for index in full_cache.compressible_layers():
+        query, scaling = captured[index]
+        full_layer, layer = full_cache.layers[index], cache.layers[index]
+        keys, values, valid = _kept(full_layer)
+        n = keys.shape[2]
+        w = min(window, n)
+        q = query[:, :, -w:]
+        # positions relative to the window start: prefix entries < 0 (seen by every window query)
+        full_pos = torch.arange(n, device=keys.device) - (n - w)
+        y = _window_attention(q, keys, values, valid, full_pos.expand(keys.shape[:3]), scaling)
+        if not layer.compressed:
+            errors.append(0.0)
+            continue
+        k_kept, v_kept, valid_kept = _kept(layer)
+        lengths = valid_kept.sum(-1, keepdim=True)  # [b, h, 1]
+        slot = torch.arange(k_kept.shape[2], device=keys.device)
+        pos = slot[None, None, :] - (lengths - w)  # window entries -> 0..w-1, earlier kept entries < 0
+        tail = valid_kept & (pos >= 0)
+        window_keys = keys[:, :, n - w:]
+        if int(tail.sum()) != tail.shape[0] * tail.shape[1] * w or not torch.equal(
+            k_kept[tail].reshape(-1), window_keys.reshape(-1)
+        ):
+            errors.append(float("nan"))  # the kept entries do not end with the window: cannot place them
+            continue
+        y_hat = _window_attention(q, k_kept, v_kept, valid_kept, pos, scaling)
+        errors.append(float((y - y_hat).norm() / y.norm().clamp_min(1e-30)))
+    return errors

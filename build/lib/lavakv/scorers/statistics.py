@@ -1,0 +1,85 @@
+"""Per-layer statistics the layer allocations need: LAVa's normalised entropy and CAKE's preference (METHODS.md §3)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from lavakv.scorers.base import ScoringInputs
+
+
+def _prefix_columns(valid_prefix: torch.Tensor) -> int:
+    """n - w inferred from ``valid_prefix`` ``[b, n]``: one past the last column any row marks as valid prefix.
+
+    Exact with left padding, where column n - w - 1 is valid prefix in every row that has a prefix at all.
+    """
+    columns = torch.nonzero(valid_prefix.any(dim=0)).flatten()
+    return int(columns[-1].item()) + 1 if columns.numel() else 0
+
+
+def normalized_entropy(
+    scores: torch.Tensor, valid_prefix: torch.Tensor, *, prefix_len: int | None = None
+) -> torch.Tensor:
+    """LAVa's normalised layer entropy (Shen et al., 2025, Sec. 4.2, Eq. 6; METHODS.md §3), one value per row.
+
+    p = s / sum(s) over the (KV head, token) entries of a row that are valid prefix tokens and finite, and
+    e = -sum p log p / log(H_kv * (n - w)), with 0 log 0 = 0, in float32.
+
+    Args:
+        scores: ``[batch, kv_heads, tokens]``, >= 0 on the counted entries (LAVa scores are); the window's +inf
+            and padding's -inf are ignored through ``valid_prefix`` (and any other non-finite entry is dropped).
+        valid_prefix: ``[batch, tokens]`` bool, True on tokens that are real (not padding) and not in the window:
+            ``inputs.valid & ~inputs.window_mask()``.
+        prefix_len: n - w, the padded prefix length used in the normaliser. The normaliser is the same for every
+            row and layer (padded n, not the row's own count of valid entries), so it rescales every e_l alike and
+            does not change the allocation. Default: inferred from ``valid_prefix`` (exact with left padding).
+
+    Returns ``[batch]`` float32 in [0, 1]: 1.0 for uniform scores on an unpadded row, 0.0 for a single non-zero
+    entry. A row whose counted scores sum to 0 (e.g. no valid prefix token) gets 0; so does every row when
+    H_kv * (n - w) <= 1.
+    """
+    b, h_kv, n = scores.shape
+    if valid_prefix.shape != (b, n):
+        raise ValueError(f"valid_prefix must be [batch, tokens] = {(b, n)}, got {tuple(valid_prefix.shape)}")
+    if prefix_len is None:
+        prefix_len = _prefix_columns(valid_prefix)
+    scores = scores.float()
+    counted = valid_prefix[:, None, :].to(scores.device) & torch.isfinite(scores)  # [b, h_kv, n]
+    s = torch.where(counted, scores, torch.zeros((), dtype=scores.dtype, device=scores.device)).flatten(1)
+    total = s.sum(dim=-1, keepdim=True)  # [b, 1]
+    p = torch.where(total > 0, s / total.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(s))
+    entropy = -torch.xlogy(p, p).sum(dim=-1)  # [b]
+    entries = h_kv * prefix_len
+    if entries <= 1:
+        return torch.zeros_like(entropy)
+    return entropy / math.log(entries)
+
+
+def cake_preference(inputs: ScoringInputs, *, tau1_inv: float = 0.5, tau2_inv: float = 0.5) -> torch.Tensor:
+    """CAKE layer preference (Qin et al., ICLR 2025; METHODS.md §3): P_l = H_l^{1/tau1} * V_l^{1/tau2}, per row.
+
+    From the window attention A ``[b, q_heads, w, n]`` restricted to valid prefix tokens (real, not in the window):
+
+    - H_l, spatial dispersion: entropy of the window-averaged attention renormalised to sum 1 over the valid prefix
+      tokens, averaged over query heads (natural log, unnormalised; a head with no prefix mass counts 0);
+    - V_l, temporal shift: population variance over the w window queries of A[j, i], averaged over the valid prefix
+      tokens, then over query heads.
+
+    A row without valid prefix tokens gets 0. Exponents ``tau1_inv`` = 1/tau1 and ``tau2_inv`` = 1/tau2 must be
+    >= 0. Returns ``[batch]`` float32.
+    """
+    if tau1_inv < 0 or tau2_inv < 0:
+        raise ValueError(f"tau1_inv and tau2_inv must be >= 0, got {tau1_inv} and {tau2_inv}")
+    attn = inputs.window_attention()  # [b, hq, w, n] float32
+    prefix = (inputs.valid.to(attn.device) & ~inputs.window_mask()[None, :])[:, None, :]  # [b, 1, n]
+
+    mean = attn.mean(dim=2).masked_fill(~prefix, 0.0)  # [b, hq, n]
+    mass = mean.sum(dim=-1, keepdim=True)  # [b, hq, 1]
+    p = torch.where(mass > 0, mean / mass.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(mean))
+    dispersion = -torch.xlogy(p, p).sum(dim=-1).mean(dim=-1)  # [b]
+
+    var = attn.var(dim=2, correction=0).masked_fill(~prefix, 0.0)  # [b, hq, n]
+    count = prefix.sum(dim=-1).clamp_min(1)  # [b, 1]
+    shift = (var.sum(dim=-1) / count).mean(dim=-1)  # [b]
+    return dispersion.pow(tau1_inv) * shift.pow(tau2_inv)
