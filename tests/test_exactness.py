@@ -95,10 +95,24 @@ def test_plain_cache_inside_session_is_uncompressed():
     _assert_identical(out, reference)
 
 
-def test_ragged_and_dense_storage_agree(monkeypatch):
-    """The same kept entries give the same decode through the ragged path as through dense SDPA."""
+@pytest.mark.parametrize("native", [True, False])
+def test_ragged_and_dense_storage_agree(monkeypatch, native):
+    """The same kept entries give the same decode through the ragged path as through dense SDPA.
+
+    With ``native`` the decode steps go through the C kernel (padded batch: tail masks), else the PyTorch ones.
+    """
+    from lavakv import ragged_attention as kernels
     from lavakv import runtime
     from lavakv.storage import RaggedKV
+
+    calls = []
+    if native:
+        if kernels.native.ragged_decode() is None:
+            pytest.skip("no C compiler: the native kernel cannot be built here")
+        real = kernels.native_attention
+        monkeypatch.setattr(kernels, "native_attention", lambda *a: calls.append(1) or real(*a))
+    else:
+        monkeypatch.setattr(kernels, "native_applies", lambda *a: False)
 
     model = tiny_model("llama", heads=8, kv_heads=2)
     ids, mask = prompt(batch=2, length=70)
@@ -109,6 +123,7 @@ def test_ragged_and_dense_storage_agree(monkeypatch):
         cache = session.cache()
         ragged = _generate(model, ids, mask, cache, new=6)
         assert all(layer.prefix is not None for layer in cache.layers)
+    assert len(calls) == (5 * len(cache.layers) if native else 0)  # every decode step after the first token
     assert torch.equal(dense.sequences, ragged.sequences)
     for x, y in zip(dense.logits, ragged.logits, strict=False):
         torch.testing.assert_close(x, y, atol=1e-4, rtol=1e-4)
