@@ -144,7 +144,7 @@ int lavakv_ragged_decode(const float *query, int64_t segments, int g, int d, int
         items += (seg_len[s] + chunk - 1) / chunk + tail_chunks;
     }
     first_item[segments] = items;
-    float *m = workspace(&partial_buffer, &partial_capacity, (size_t)items * g * (dv + 2));
+    float *m = workspace(&partial_buffer, &partial_capacity, (size_t)items * g * (dv + 2) + 1);  /* never 0 */
     if (!m) {
         free(first_item);
         return 1;
