@@ -6,8 +6,8 @@ so a single prefill per length gives, for all presets at all budgets:
 * memory: kept entries and resident KV bytes (measured from the tensors) vs the uncompressed cache;
 * compression cost: the seconds each method spent scoring, allocating and compacting, as a fraction of the
   uncompressed prefill measured in the same run. The window attention (w queries x n keys) is computed once per
-  layer and shared by the methods that use it; a leading "payer" copy of snapkv pays for it, so its cost is
-  ``payer - snapkv`` and is added back to every method that reads it;
+  layer and shared by the methods that use it; lavakv charges it in full to each method that reads it
+  (``SessionStats.compression_seconds``), so every method's figure is what it would cost alone;
 * decode: after the lengths in ``--decode-tokens``, ms per decoded token for full and for
   ``--decode-methods`` at ``--decode-budgets``, steps interleaved across variants in one process.
 
@@ -32,30 +32,20 @@ from prompts import ids_digest, prompt_ids
 import lavakv
 from lavakv.methods import PRESETS
 
-PAYER = "_window_attention_payer"
-# scorers / layer allocations that read ScoringInputs.window_attention()
-WINDOW_SCORERS = {"snapkv", "lava", "cake", "tova"}
-WINDOW_LAYERS = {"cake"}
-
-
-def reads_window_attention(m: lavakv.Method) -> bool:
-    return m.scorer in WINDOW_SCORERS or m.layers in WINDOW_LAYERS
-
 
 def ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
 
 def sweep_methods(presets: list[str], budgets: list[int], tokens: int, args) -> list[tuple[str, lavakv.Method]]:
-    """(label, method) pairs for one prompt length; the payer first, then full, then preset x budget."""
-    out = [(PAYER, lavakv.method("snapkv", budget=args.payer_budget, window=args.window)),
-           ("full", lavakv.method("full"))]
+    """(label, method) pairs for one prompt length: full, then preset x budget."""
+    out = [("full", lavakv.method("full"))]
     seen = set()
     for name in presets:
         for budget in budgets:
-            if name in args.expensive and (tokens > args.expensive_max_tokens or budget != args.payer_budget):
+            if name in args.expensive and (tokens > args.expensive_max_tokens or budget != args.main_budget):
                 continue  # O(n^2) scorers: one budget, short prompts only (see --expensive)
-            if tokens > args.all_budgets_max_tokens and budget != args.payer_budget and name not in args.long_presets:
+            if tokens > args.all_budgets_max_tokens and budget != args.main_budget and name not in args.long_presets:
                 continue  # long prompts: every preset at the middle budget, a few at every budget
             out.append((f"{name}@{budget}", lavakv.method(name, budget=budget, window=args.window)))
             seen.add((name, budget))
@@ -101,13 +91,14 @@ def main() -> None:
     parser.add_argument("--budgets", type=ints, default=ints("64,128,512"))
     parser.add_argument("--presets", default=",".join(p for p in PRESETS if p != "full"))
     parser.add_argument("--window", type=int, default=32)
-    parser.add_argument("--payer-budget", type=int, default=128)
+    parser.add_argument("--main-budget", type=int, default=128,
+                        help="the budget every preset runs at, whatever the length (default: %(default)s)")
     parser.add_argument("--expensive", default="h2o",
                         help="presets whose scoring is O(n^2) (h2o re-computes every query's attention): they run at "
-                             "--payer-budget only, and only up to --expensive-max-tokens")
+                             "--main-budget only, and only up to --expensive-max-tokens")
     parser.add_argument("--expensive-max-tokens", type=int, default=4096)
     parser.add_argument("--all-budgets-max-tokens", type=int, default=8192,
-                        help="above this length only --long-presets run at every budget (the rest at --payer-budget)")
+                        help="above this length only --long-presets run at every budget (the rest at --main-budget)")
     parser.add_argument("--long-presets", default="snapkv,ada-snapkv,lava")
     parser.add_argument("--decode-tokens", type=ints, default=ints("2048,4096,8192,16384"))
     parser.add_argument("--decode-budgets", type=ints, default=ints("128,1024"))
@@ -146,20 +137,14 @@ def main() -> None:
             caches, _ = session.prefill(ids, None, [m for _, m in labelled])
             total_s = time.perf_counter() - start
             stats = {label: session.stats(c) for (label, _), c in zip(labelled, caches, strict=True)}
-            compression_sum = sum(s.compression_seconds for s in stats.values())
+            compression_sum = sum(s.shared_prefill_seconds for s in stats.values())  # wall time actually spent
             base_s = total_s - compression_sum  # the exact prefill itself (lavakv's attention routing included)
-            snap = f"snapkv@{args.payer_budget}"
-            window_s = max(0.0, stats[PAYER].compression_seconds - stats[snap].compression_seconds) \
-                if snap in stats else 0.0
             prefills.append({"tokens": n, "methods": len(labelled), "total_s": total_s, "base_prefill_s": base_s,
-                             "compression_sum_s": compression_sum, "window_attention_s": window_s,
-                             "loadavg": os.getloadavg()})
+                             "compression_sum_s": compression_sum, "loadavg": os.getloadavg()})
             print(f"[sweep] {n} tokens: prefill {base_s:.1f} s + compression of {len(labelled)} caches "
-                  f"{compression_sum:.1f} s (window attention {window_s * 1e3:.0f} ms)", flush=True)
+                  f"{compression_sum:.1f} s", flush=True)
             for (label, m), st in zip(labelled, stats.values(), strict=True):
-                if label == PAYER:
-                    continue
-                cost = st.compression_seconds + (window_s if m.compresses and reads_window_attention(m) else 0.0)
+                cost = st.compression_seconds
                 rows.append({
                     "tokens": n, "label": label, "method": m.name, "budget": m.budget,
                     "kept_entries": st.kept_entries, "resident_kv_bytes": st.resident_kv_bytes,

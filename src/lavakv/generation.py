@@ -197,7 +197,10 @@ def generate_many(
         caches, shared_logits = session.prefill(compressed, torch.ones_like(compressed), resolved)
         _sync(device)
         shared_seconds = time.perf_counter() - start
-        compression = [session.stats(c).compression_seconds for c in caches]
+        shared_stats = [session.stats(c) for c in caches]
+        compression = [st.compression_seconds for st in shared_stats]  # each as if prefilled alone
+        spent = sum(st.shared_prefill_seconds for st in shared_stats)  # what the shared prefill actually spent
+        del shared_stats
         for i in tqdm(range(len(caches)), desc="lavakv decode", unit="method", file=sys.stderr, disable=not progress):
             cache, caches[i] = caches[i], None  # release each cache once used
             start = time.perf_counter()
@@ -209,7 +212,7 @@ def generate_many(
                 logits = shared_logits.float()
             first = logits.argmax(-1, keepdim=True)  # [1, 1]
             _sync(device)
-            prefill_seconds = shared_seconds - sum(compression) + compression[i] + time.perf_counter() - start
+            prefill_seconds = shared_seconds - spent + compression[i] + time.perf_counter() - start
             stats = session.stats(cache)
 
             start = time.perf_counter()

@@ -44,7 +44,12 @@ class SessionStats:
         layer_budgets: per compressible layer, ``[batch]`` final prefix budget B_l (window excluded), or None.
         layer_statistics: per compressible layer, ``[batch]`` cascade statistic (LAVa entropy, CAKE preference).
         layers: indices of the compressible layers, aligned with the lists above.
-        compression_seconds: wall time spent scoring, allocating and compacting during prefill.
+        compression_seconds: wall time spent scoring, allocating and compacting during prefill. When one prefill
+            fills several caches, the window attention they share is charged in full to each method that reads
+            it, so every method's figure is what it would cost alone.
+        shared_prefill_seconds: the compression wall time this cache actually took in its prefill, the shared
+            window attention counted only where it was computed (summed over a prefill's caches: its total
+            compression time). Equals ``compression_seconds`` for a cache prefilled alone.
     """
 
     kept_tokens: list[torch.Tensor]
@@ -55,6 +60,7 @@ class SessionStats:
     layer_statistics: list[torch.Tensor] | None
     layers: list[int]
     compression_seconds: float
+    shared_prefill_seconds: float
 
     @property
     def kept_entries(self) -> int:
@@ -89,7 +95,8 @@ class _Prefill:
     candidates: dict[int, _Candidates] = field(default_factory=dict)
     compacted_at: dict[int, torch.Tensor] = field(default_factory=dict)  # [b] budget of a layer's last compaction
     observed: list[int] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0  # compression time, shared window attention charged to each reader
+    wall_seconds: float = 0.0  # compression time actually spent by this cache
 
 
 class Session:
@@ -205,6 +212,7 @@ class Session:
             layer_statistics=list(stats) if stats is not None else None,
             layers=layers,
             compression_seconds=state.seconds,
+            shared_prefill_seconds=state.wall_seconds,
         )
 
     # -- attention ----------------------------------------------------------------------------------------
@@ -247,10 +255,15 @@ class Session:
                     continue
                 w = state.method.window
                 inputs = shared.setdefault(w, ScoringInputs(query, key, value, valid, float(scaling), w))
+                reads, spent = inputs.window_reads, inputs.window_seconds
                 start = time.perf_counter()
                 with torch.no_grad():
                     self._compress(target, module.layer_idx, inputs)
-                state.seconds += time.perf_counter() - start
+                wall = time.perf_counter() - start
+                state.wall_seconds += wall
+                # the window attention, computed once per layer, is charged in full to every method that read it
+                own = wall - (inputs.window_seconds - spent)
+                state.seconds += own + (inputs.window_seconds if inputs.window_reads > reads else 0.0)
         return out
 
     # -- compression --------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -30,6 +31,9 @@ class ScoringInputs:
     scaling: float
     window: int
     _window_attention: torch.Tensor | None = field(default=None, repr=False)
+    #: seconds spent computing the window attention, and how many times it was asked for (cost attribution)
+    window_seconds: float = field(default=0.0, repr=False)
+    window_reads: int = field(default=0, repr=False)
 
     @property
     def batch(self) -> int:
@@ -60,7 +64,9 @@ class ScoringInputs:
         the window, zero on padding keys. Costs O(q_heads * w * tokens * head_dim); never builds n x n.
         Computed once per layer and shared by every scorer that needs it.
         """
+        self.window_reads += 1
         if self._window_attention is None:
+            started = time.perf_counter()
             b, hq, w, d = self.window_queries().shape
             n = self.tokens
             g = self.group_size
@@ -74,6 +80,7 @@ class ScoringInputs:
             logits = logits.masked_fill(~allowed, float("-inf"))
             probs = torch.softmax(logits, dim=-1)
             self._window_attention = torch.nan_to_num(probs, nan=0.0)  # fully masked rows (padding queries) -> 0
+            self.window_seconds = time.perf_counter() - started
         return self._window_attention
 
     def window_mask(self) -> torch.Tensor:
