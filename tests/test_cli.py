@@ -42,7 +42,7 @@ def test_methods_lists_every_preset(capsys):
     assert "lava" in out and "adaptive" in out and "n_sink=4" in out
 
 
-@pytest.mark.parametrize("command", [[], ["methods"], ["generate"], ["demo"]])
+@pytest.mark.parametrize("command", [[], ["methods"], ["generate"], ["demo"], ["bench"]])
 def test_help_on_every_command(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main([*command, "--help"])
@@ -140,3 +140,43 @@ def test_demo_rejects_bad_lists_before_loading(tiny, capsys):
     assert cli.main(["demo", "--methods", "lava,nope"]) == 2
     assert "unknown method 'nope'" in _one_error_line(capsys)
     assert tiny == []
+
+
+def test_bench_measures_every_cache_at_every_length(tiny, tmp_path, capsys):
+    out = tmp_path / "bench"
+    args = ["bench", "--tokens", "120,200", "--methods", "snapkv,lava", "--budgets", "40", "--window", "8",
+            "--decode-steps", "3", "--out", str(out)]
+    assert cli.main(args) == 0
+    stdout = capsys.readouterr().out
+    assert "KV MiB" in stdout and "decode ms/tok" in stdout and "compression / prefill" in stdout
+    rows = json.loads((out / "bench_results.json").read_text())["rows"]
+    assert [(r["tokens"], r["label"]) for r in rows] == [
+        (n, label) for n in (120, 200) for label in ("full", "snapkv@40", "lava@40")]
+    model, _ = tiny_pair(chat=True)
+    cfg = model.config
+    per_token = cfg.num_hidden_layers * cfg.num_key_value_heads  # entries one prompt token fills uncompressed
+    for r in rows:
+        full = next(x for x in rows if x["tokens"] == r["tokens"] and x["method"] == "full")
+        assert r["uncompressed_kv_bytes"] == full["resident_kv_bytes"]
+        assert r["decode_ms_median"] > 0 and r["decode_ms_p10"] <= r["decode_ms_median"] <= r["decode_ms_p90"]
+        if r["method"] == "full":
+            assert r["kept_entries"] == r["tokens"] * per_token and r["compression_s"] == 0
+        else:  # B = 40 tokens per KV head per layer on average, window included (LAVa's cascade may round down)
+            assert r["resident_kv_bytes"] < full["resident_kv_bytes"]
+            if r["method"] == "snapkv":
+                assert r["kept_entries"] == 40 * per_token
+            else:
+                assert 0.95 * 40 * per_token <= r["kept_entries"] <= 40 * per_token
+            assert r["compression_s"] > 0 and r["prefill_s"] > 0
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--tokens", "0"], "--tokens"),
+    (["--budgets", "16"], "window"),
+    (["--methods", "nope"], "nope"),
+    (["--decode-steps", "0"], "--decode-steps"),
+])
+def test_bench_rejects_bad_input_before_loading(args, match, tiny, capsys):
+    assert cli.main(["bench", *args]) == 2
+    assert match in _one_error_line(capsys)
+    assert tiny == []  # nothing was loaded

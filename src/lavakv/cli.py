@@ -1,4 +1,4 @@
-"""The ``lavakv`` command: ``methods``, ``generate``, ``demo``, ``eval`` and ``report``.
+"""The ``lavakv`` command: ``methods``, ``generate``, ``demo``, ``bench``, ``eval`` and ``report``.
 
 Results go to stdout; diagnostics go to the ``lavakv`` logger on stderr (``-v`` for progress notes, ``--debug`` for
 debug messages and full tracebacks). Without ``--debug`` any error caused by the input (bad option, unknown model
@@ -32,6 +32,8 @@ MIB = 2**20
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEMO_METHODS = "lava,ada-snapkv,snapkv,streamingllm"
 DEMO_BUDGETS = "64,256,512"
+BENCH_METHODS = "lava,ada-snapkv,snapkv"
+BENCH_BUDGETS = "128,1024"
 #: Exceptions that mean "the input was wrong": exit code 2, one line, no traceback.
 USER_ERRORS = (ValueError, TypeError, OSError, ImportError, ModelNotInstalledError)
 
@@ -214,6 +216,58 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Resident KV, compression time and decode time per token of each method x budget at each prompt length."""
+    from lavakv.bench import measure
+
+    lengths = parse_csv(args.tokens, int, "--tokens")
+    if any(n < 1 for n in lengths):
+        raise ValueError(f"--tokens must be positive token counts, got {args.tokens!r}")
+    names = [n for n in parse_csv(args.methods, str, "--methods") if n != "full"]
+    budgets = parse_csv(args.budgets, int, "--budgets")
+    methods = [_build_method(n, b, None, args.window) for n in names for b in budgets]  # validate first
+    if args.decode_steps < 1:
+        raise ValueError(f"--decode-steps must be >= 1, got {args.decode_steps}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tokenizer = _load(args.model, args.device, args.dtype)
+    hay = build_haystack(tokenizer, max(lengths) + 64, seed=args.seed)  # natural text, cut to each length below
+    all_ids = tokenizer(hay.context, return_tensors="pt", add_special_tokens=False)["input_ids"].to(model.device)
+    if all_ids.shape[1] < max(lengths):
+        raise ValueError(f"could not build a {max(lengths)}-token prompt (got {all_ids.shape[1]} tokens)")
+    rows: list[dict[str, Any]] = []
+    for n in lengths:
+        logger.info("bench: %d tokens, %d caches", n, len(methods) + 1)
+        rows += measure(model, all_ids[:, :n], methods, decode_steps=args.decode_steps, progress=True)
+    table = []
+    for r in rows:
+        full = next(x for x in rows if x["tokens"] == r["tokens"] and x["method"] == "full")
+        table.append([
+            r["tokens"], r["label"], f"{r['kept_entries']:,}", f"{r['resident_kv_bytes'] / MIB:.2f}",
+            _percent(r["resident_kv_bytes"], full["resident_kv_bytes"]),
+            f"{100 * r['compression_s'] / r['prefill_s']:.1f}%" if r["method"] != "full" else "-",
+            f"{r['decode_ms_median']:.1f} ({r['decode_ms_p10']:.1f}-{r['decode_ms_p90']:.1f})",
+            f"{r['decode_ms_median'] / full['decode_ms_median']:.2f}",
+        ])
+    print(f"model {args.model} | {args.dtype} on {args.device}, {torch.get_num_threads()} torch threads | "
+          f"{args.decode_steps} decode steps per cache, alternated across caches")
+    print(format_table(["tokens", "cache", "kept entries", "KV MiB", "of full", "compression / prefill",
+                        "decode ms/tok (p10-p90)", "decode vs full"], table))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "bench_results.json"
+    path.write_text(json.dumps({
+        "model": args.model, "command": "lavakv " + " ".join(sys.argv[1:]), "window": args.window, "rows": rows,
+        "environment": {
+            "torch": torch.__version__, "transformers": _version("transformers"), "device": str(model.device),
+            "dtype": args.dtype, "threads": torch.get_num_threads(), "platform": platform.platform(),
+            "processor": platform.processor(),
+        },
+    }, indent=2))
+    print(f"results: {path}")
+    return 0
+
+
 def _version(package: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -230,6 +284,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)")
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="parameter dtype (default: %(default)s)")
     p.add_argument("--window", type=int, default=32, help="observation window, always kept (default: %(default)s)")
+
+
+def _add_query_agnostic(p: argparse.ArgumentParser) -> None:
     p.add_argument("--query-agnostic", action="store_true",
                    help="compress the context before the question is seen, then feed the question")
 
@@ -264,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--answer-prefix", default="", help="text the answer starts with")
     p.add_argument("--max-new-tokens", type=int, default=64, help="(default: %(default)s)")
     p.add_argument("--no-chat", action="store_true", help="do not use the tokenizer's chat template")
+    _add_query_agnostic(p)
     p.set_defaults(run=cmd_generate)
 
     p = sub.add_parser("demo", parents=[common], help="needle-in-a-haystack demo: memory, speed, answers",
@@ -277,7 +335,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budgets", default=DEMO_BUDGETS, help="comma-separated budgets (default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=16, help="(default: %(default)s)")
     p.add_argument("--out", default="demo_out", help="output directory (default: %(default)s)")
+    _add_query_agnostic(p)
     p.set_defaults(run=cmd_demo)
+    p = sub.add_parser("bench", parents=[common], help="memory and speed of methods x budgets on a model",
+                       description="For each prompt length, one exact prefill fills the uncompressed cache and one "
+                                   "cache per method x budget; print and save their kept entries, resident KV, "
+                                   "compression time (vs the uncompressed prefill of the same run) and decode time "
+                                   "per token (steps alternated across the caches in one process).")
+    _add_model_options(p)
+    p.add_argument("--tokens", default="2048,4096", help="comma-separated prompt lengths (default: %(default)s)")
+    p.add_argument("--methods", default=BENCH_METHODS, help="comma-separated presets (default: %(default)s)")
+    p.add_argument("--budgets", default=BENCH_BUDGETS, help="comma-separated budgets (default: %(default)s)")
+    p.add_argument("--decode-steps", type=int, default=10, help="timed decode steps per cache (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0, help="prompt text seed (default: %(default)s)")
+    p.add_argument("--out", default="bench_out", help="output directory (default: %(default)s)")
+    p.set_defaults(run=cmd_bench)
     from lavakv.eval.commands import add_subcommands
 
     add_subcommands(sub, parents=[common])  # `lavakv eval` and `lavakv report`

@@ -1,0 +1,82 @@
+"""Memory and speed of compression methods on one model: resident KV, compression time, decode time per token.
+
+For each prompt length, one exact prefill fills an uncompressed cache and one compressed cache per method
+(:meth:`Session.prefill`; each cache is identical to a separate run). Measured for every cache:
+
+* kept entries and resident KV bytes, from the cache's tensors;
+* compression seconds (scoring, allocation, compaction; the window attention shared by methods is charged to each
+  method that reads it), and their ratio to the uncompressed prefill measured in the same run;
+* decode milliseconds per token: the same next token fed to every cache, steps alternated across the caches in
+  one process, so the ratios to the uncompressed cache hold on a busy machine.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from lavakv.methods import Method
+from lavakv.methods import method as make_method
+
+
+def measure(model, ids: torch.Tensor, methods: list[Method], decode_steps: int = 10, progress: bool = False
+            ) -> list[dict]:
+    """Measure the uncompressed cache and each method's cache after one shared prefill of ``ids``.
+
+    Args:
+        model: a supported decoder (see :func:`lavakv.support.check_supported`).
+        ids: ``[1, tokens]`` prompt token ids on the model's device.
+        methods: compressing methods (the uncompressed cache is always measured first).
+        decode_steps: timed decode steps per cache (after 2 untimed ones).
+
+    Returns:
+        one dict per cache (``full`` first): label, method, budget, tokens, kept_entries, resident_kv_bytes,
+        uncompressed_kv_bytes, compression_s, prefill_s (the uncompressed prefill of this run),
+        decode_ms_median / decode_ms_p10 / decode_ms_p90.
+    """
+    if ids.dim() != 2 or ids.shape[0] != 1 or ids.shape[1] < 1:
+        raise ValueError(f"bench needs token ids of shape [1, tokens >= 1], got {tuple(ids.shape)}")
+    if decode_steps < 1:
+        raise ValueError(f"decode steps must be >= 1, got {decode_steps}")
+    caches_methods = [make_method("full"), *methods]
+    with torch.no_grad(), caches_methods[0].attach(model) as session:
+        start = time.perf_counter()
+        caches, logits = session.prefill(ids, None, caches_methods)
+        total = time.perf_counter() - start
+        stats = [session.stats(c) for c in caches]
+        prefill_s = total - sum(s.shared_prefill_seconds for s in stats)  # the exact prefill alone
+        token = logits.argmax(-1, keepdim=True)  # [1, 1]
+        times = _interleaved_decode(model, caches, token, decode_steps, progress)
+    rows = []
+    for m, st, ms in zip(caches_methods, stats, times, strict=True):
+        rows.append({
+            "label": m.name if not m.compresses else f"{m.name}@{m.budget}", "method": m.name,
+            "budget": m.budget if m.compresses else None, "tokens": int(ids.shape[1]),
+            "kept_entries": st.kept_entries, "resident_kv_bytes": st.resident_kv_bytes,
+            "uncompressed_kv_bytes": st.uncompressed_kv_bytes, "compression_s": st.compression_seconds,
+            "prefill_s": prefill_s, "decode_ms_median": statistics.median(ms),
+            "decode_ms_p10": sorted(ms)[len(ms) // 10], "decode_ms_p90": sorted(ms)[(9 * len(ms)) // 10],
+        })
+    return rows
+
+
+def _interleaved_decode(model, caches: list, token: torch.Tensor, steps: int, progress: bool) -> list[list[float]]:
+    """Milliseconds of each decode step per cache; each round steps every cache once (2 untimed rounds first)."""
+    times: list[list[float]] = [[] for _ in caches]
+    device = token.device
+    for step in tqdm(range(steps + 2), desc="lavakv bench decode", unit="step", file=sys.stderr,
+                     disable=not progress):
+        for i, cache in enumerate(caches):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            model(token, cache=cache, logits_to_keep=1)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if step >= 2:
+                times[i].append((time.perf_counter() - start) * 1e3)
+    return times
