@@ -316,10 +316,10 @@ class Report:
         self.add(f"{provenance(s)}. After each prompt, {s['decode_steps']} decode steps per cache, alternating "
                  "between the caches step by step in one process; median ms per token and p10–p90. `snapkv` keeps "
                  "B entries in every head (dense storage, SDPA); `ada-snapkv` keeps the same number per layer "
-                 "spread unevenly over heads (ragged storage, lavakv's ragged kernel); `lava` also moves budget "
-                 "between layers (ragged). Each length is timed twice: with torch's default threads, and with one "
-                 "thread, which a shared 2-core machine disturbs far less (a busy core stalls every multi-threaded "
-                 "op, and the ragged path has more small ops than SDPA).\n")
+                 "spread unevenly over heads (ragged storage, lavakv's native ragged decode kernel); `lava` also "
+                 "moves budget between layers (ragged). Each length is timed twice: with torch's default threads, "
+                 "and with one thread, which a shared 2-core machine disturbs far less (a busy core stalls every "
+                 "multi-threaded op).\n")
         self.image("decode_vs_length.png", "decode time vs prompt length")
         for threads in sorted({r.get("threads", 0) for r in s["decode"]}, reverse=True):
             self.decode_tables([r for r in s["decode"] if r.get("threads", 0) == threads], threads)
