@@ -115,15 +115,17 @@ def _reference_for(query, prefix, tail_store):
                             query.shape[-1] ** -0.5)
 
 
-@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
-def test_strategies_on_decode_layouts_and_large_layers(dtype, tol):
-    """Strided tails, transposed queries, long uneven heads (several native chunks, segments picked), bf16."""
+@pytest.mark.parametrize("dtype, tol, d", [(torch.float32, 1e-5, 16), (torch.float32, 1e-5, 64),
+                                           (torch.float32, 1e-5, 128), (torch.bfloat16, 3e-2, 128)])
+def test_strategies_on_decode_layouts_and_large_layers(dtype, tol, d):
+    """Strided tails, transposed queries, long uneven heads (several native chunks, segments picked), bf16, and
+    the head dims the native kernel specialises (64, 128) beside a generic one."""
     _native_or_skip()
     lengths = torch.tensor([[700, 1, 0], [300, 1200, 45]])
-    query, prefix, tail_store = _layer(2, 3, 4, lengths, tail=300, d=16, dtype=dtype)
+    query, prefix, tail_store = _layer(2, 3, 4, lengths, tail=300, d=d, dtype=dtype)
     reference = _reference_for(query, prefix, tail_store)
     for strategy in STRATEGIES.values():
-        out = strategy(query, prefix, tail_store.keys, tail_store.values, None, 16**-0.5)
+        out = strategy(query, prefix, tail_store.keys, tail_store.values, None, d**-0.5)
         assert out.dtype == dtype
         torch.testing.assert_close(out.double(), reference, atol=tol, rtol=tol)
 

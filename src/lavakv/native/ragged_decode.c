@@ -66,19 +66,28 @@ static inline float exp_nonpositive(float x) {
     return p * two_n.f;
 }
 
-/* Dot product of two float32 rows with 16 independent lane sums (vectorises without reassociating a scalar sum;
-   an `omp simd reduction` here is lowered by GCC into a long scalar combine per call). */
-#define LANES 16
-static inline float dot(const float *a, const float *b, int n) {
-    float lane[LANES] = {0};
+/* Dot product of two float32 rows with `lanes` independent sums, then a pairwise tree (vectorises without
+   reassociating one scalar sum; an `omp simd reduction` here is lowered by GCC into a long scalar combine).
+   Inlined with constant sizes for the common head dims (see head_dot), so the loops unroll into registers. */
+static inline __attribute__((always_inline)) float dot(const float *a, const float *b, int n, const int lanes) {
+    float lane[16] = {0};
     int i = 0;
-    for (; i + LANES <= n; i += LANES)
-        for (int j = 0; j < LANES; j++) lane[j] += a[i + j] * b[i + j];
+    for (; i + lanes <= n; i += lanes)
+        for (int j = 0; j < lanes; j++) lane[j] += a[i + j] * b[i + j];
     for (int j = 0; i + j < n; j++) lane[j] += a[i + j] * b[i + j];
-    for (int w = LANES / 2; w > 0; w /= 2)
+    for (int w = lanes / 2; w > 0; w /= 2)
         for (int j = 0; j < w; j++) lane[j] += lane[j + w];
     return lane[0];
 }
+
+/* q . k for one head; lane counts measured fastest per head dim on an AVX-512 CPU (benchmarks/decode_kernel.py). */
+static inline float head_dot(const float *q, const float *k, int d) {
+    if (d == 64) return dot(q, k, 64, 8);
+    if (d == 128) return dot(q, k, 128, 16);
+    return dot(q, k, d, 16);
+}
+
+#define LANES 16  /* output columns accumulated in registers at a time */
 
 /* Partial softmax attention of g query rows over n entries; `visible` (NULL: all) masks entries out.
    Entries are taken BLOCK at a time so a block of K (then V) rows stays in L1 while every query row uses it, and
@@ -90,7 +99,7 @@ static void partial(const float *q, int g, int d, int dv, float scale, const flo
         int64_t e1 = e0 + BLOCK < n ? e0 + BLOCK : n;
         for (int r = 0; r < g; r++)
             for (int64_t e = e0; e < e1; e++)
-                scores[r * n + e] = (visible && !visible[e]) ? -INFINITY : dot(q + r * d, k + e * d, d) * scale;
+                scores[r * n + e] = (visible && !visible[e]) ? -INFINITY : head_dot(q + r * d, k + e * d, d) * scale;
     }
     for (int r = 0; r < g; r++) {
         float best = -INFINITY, sum = 0.f, *row = scores + r * n;
