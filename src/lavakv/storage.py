@@ -127,18 +127,18 @@ class RaggedKV:
         Computed once (one host sync); the storage is immutable.
         """
         if self._segments is None:
-            lengths = self.lengths.reshape(-1).tolist()
-            starts = [0]
-            for n in lengths[:-1]:
-                starts.append(starts[-1] + n)
-            self._segments = list(zip(starts, lengths, strict=True))
+            self._segments, start = [], 0
+            for n in self.lengths.reshape(-1).tolist():
+                self._segments.append((start, n))
+                start += n
         return self._segments
 
     def segment_offsets(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Contiguous int64 ``[batch * kv_heads]`` start row and length of each segment (for native kernels)."""
         if self._offsets is None:
-            starts, lengths = zip(*self.segments(), strict=True) if self.lengths.numel() else ((), ())
-            self._offsets = (torch.tensor(starts, dtype=torch.int64), torch.tensor(lengths, dtype=torch.int64))
+            segments = self.segments()
+            self._offsets = (torch.tensor([s for s, _ in segments], dtype=torch.int64),
+                             torch.tensor([n for _, n in segments], dtype=torch.int64))
         return self._offsets
 
     def foreign_entries(self) -> torch.Tensor:
