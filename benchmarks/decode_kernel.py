@@ -30,6 +30,7 @@ from lavakv.ragged_attention import (
     native_attention,
     ragged_attention,
     segment_attention,
+    strategy,
 )
 from lavakv.storage import RaggedKV
 
@@ -75,8 +76,7 @@ def case(batch: int, kv_heads: int, group: int, head_dim: int, budget: int, tail
         return torch.nn.functional.scaled_dot_product_attention(q, dense_k, dense_v, scale=scale)
 
     ragged = {"ragged": lambda: ragged_attention(query, prefix, tail_k, tail_v, None, scale)}
-    native = native_applies(query, prefix, tail_k, tail_v)
-    if native:
+    if native_applies(query, prefix, tail_k, tail_v):
         ragged["native"] = lambda: native_attention(query, prefix, tail_k, tail_v, None, scale)
     ragged["segments"] = lambda: segment_attention(query, prefix, tail_k, tail_v, None, scale)
     waste = flat_waste(query, prefix)
@@ -98,7 +98,7 @@ def case(batch: int, kv_heads: int, group: int, head_dim: int, budget: int, tail
     return {
         "batch": batch, "kv_heads": kv_heads, "group": group, "head_dim": head_dim, "mean_budget": budget,
         "tail": tail, "entries": total, "timing": timing, "max_relative_error": errors,
-        "strategy": "native" if native else "flat" if waste <= FLAT_WASTE_LIMIT else "segments", "flat_waste": waste,
+        "strategy": strategy(query, prefix, tail_k, tail_v, None), "flat_waste": waste,
         "ragged_over_dense": timing["ragged"]["median_s"] / timing["dense_sdpa"]["median_s"],
     }
 

@@ -389,9 +389,9 @@ class Report:
                      f"within {GOAL_RAGGED}x: **{'met' if med <= GOAL_RAGGED else 'missed'}**.")
 
     def kernel_table(self, k: dict) -> None:
-        threads = k.get("threads", k["environment"]["torch_threads"])
+        threads = k["threads"]
         where = (f"{k['gpu']}, {k['dtype']}" if k.get("gpu") else f"{threads} thread(s)"
-                 + (f", {k['dtype']}" if k.get("dtype", "float32") != "float32" else ""))
+                 + (f", {k['dtype']}" if k["dtype"] != "float32" else ""))
         self.add(f"\n**Kernel level, {where}** ({provenance(k)}): one decode query per sequence against one layer, "
                  "`lavakv.ragged_attention.ragged_attention` (the strategy it picked, and each strategy timed "
                  "alone) vs dense SDPA over the same number of entries; every ragged output was checked against "
@@ -404,9 +404,9 @@ class Report:
             def us(name: str, t=t) -> str:
                 return f"{t[name]['median_s'] * 1e6:.0f}" if name in t else "—"
 
-            body.append([f"b={c.get('batch', 1)} H_kv={c['kv_heads']} G={c['group']} d={c['head_dim']}",
+            body.append([f"b={c['batch']} H_kv={c['kv_heads']} G={c['group']} d={c['head_dim']}",
                          c["mean_budget"], f"{c['entries']:,}", us("dense_sdpa"),
-                         f"{us('ragged')} ({c.get('strategy', 'padded reference')})", us("native"), us("segments"),
+                         f"{us('ragged')} ({c['strategy']})", us("native"), us("segments"),
                          us("flat")] + ([us("flash_varlen")] if flash else []) + [f"**{c['ragged_over_dense']:.2f}**"])
         self.add(table(["layer", "mean budget", "entries", "dense us", "ragged us (picked)", "native us", "segments us",
                         "flat us"] + (["flash varlen us"] if flash else []) + ["ragged / dense"], body))

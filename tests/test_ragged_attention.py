@@ -156,6 +156,19 @@ def test_dispatch_takes_the_native_kernel_for_cpu_decoding_only(monkeypatch):
     assert calls == ["native", "flat", "flat"]
 
 
+def test_dispatch_runs_the_path_strategy_names(monkeypatch):
+    calls = []
+    for name in ("flash_varlen", "native", "flat", "segment"):
+        function = f"{name}_attention"
+        monkeypatch.setattr(kernels, function, lambda *a, function=function: calls.append(function))
+    query, prefix, tail_store = _layer(1, 2, 2, torch.tensor([[10, 30]]), tail=3, d=8)
+    for chosen in ("flash_varlen", "native", "flat", "segments"):
+        monkeypatch.setattr(kernels, "strategy", lambda *a, chosen=chosen: chosen)
+        ragged_attention(query, prefix, tail_store.keys, tail_store.values, None, 1.0)
+    assert calls == ["flash_varlen_attention", "native_attention", "flat_attention", "segment_attention"]
+    assert not kernels.flash_varlen_available(query)  # CPU: never flash
+
+
 def test_native_build_is_cached_and_a_missing_compiler_falls_back(monkeypatch, tmp_path, caplog):
     _native_or_skip()
     monkeypatch.setenv("LAVAKV_CACHE", str(tmp_path))

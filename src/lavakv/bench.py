@@ -19,6 +19,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from lavakv.generation import _sync
 from lavakv.methods import Method
 from lavakv.methods import method as make_method
 
@@ -71,12 +72,10 @@ def _interleaved_decode(model, caches: list, token: torch.Tensor, steps: int, pr
     for step in tqdm(range(steps + 2), desc="lavakv bench decode", unit="step", file=sys.stderr,
                      disable=not progress):
         for i, cache in enumerate(caches):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            _sync(device)
             start = time.perf_counter()
             model(token, cache=cache, logits_to_keep=1)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            _sync(device)
             if step >= 2:
                 times[i].append((time.perf_counter() - start) * 1e3)
     return times

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import sys
 import time
@@ -219,6 +220,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     """Resident KV, compression time and decode time per token of each method x budget at each prompt length."""
     from lavakv.bench import measure
+    from lavakv.native import cpu_model
 
     lengths = parse_csv(args.tokens, int, "--tokens")
     if any(n < 1 for n in lengths):
@@ -261,7 +263,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "environment": {
             "torch": torch.__version__, "transformers": _version("transformers"), "device": str(model.device),
             "dtype": args.dtype, "threads": torch.get_num_threads(), "platform": platform.platform(),
-            "processor": platform.processor(),
+            "cpu": cpu_model(), "cores": os.cpu_count(),
         },
     }, indent=2))
     print(f"results: {path}")

@@ -14,11 +14,13 @@ prefix and tail.
 * :func:`native_attention` is the CPU decode fast path (one query token, float32 / bfloat16): a C kernel
   (:mod:`lavakv.native`, compiled at first use) that splits every segment into chunks over the CPU threads and
   merges their partial softmaxes, reading the storage in place.
-* :func:`ragged_attention` takes the native path where it applies, else picks between the two PyTorch strategies
-  by :func:`flat_waste`; :func:`flash_varlen_attention` is the CUDA fast path when flash-attention is installed.
+* :func:`flash_varlen_attention` is the CUDA fast path when flash-attention is installed.
+* :func:`ragged_attention` runs the path :func:`strategy` picks.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -40,7 +42,7 @@ def ragged_attention(
     tail_valid: torch.Tensor | None,
     scaling: float,
 ) -> torch.Tensor:
-    """Exact attention over a ragged prefix plus a dense tail, on any device.
+    """Exact attention over a ragged prefix plus a dense tail, on any device, by the path :func:`strategy` picks.
 
     Args:
         query: ``[batch, q_heads, q_len, head_dim]``; query head h reads KV head ``h // G``.
@@ -52,11 +54,31 @@ def ragged_attention(
     Returns:
         ``[batch, q_len, q_heads, head_dim]`` (the layout transformers' attention functions return).
     """
-    if native_applies(query, prefix, tail_keys, tail_values):
+    chosen = strategy(query, prefix, tail_keys, tail_values, tail_valid)
+    if chosen == "flash_varlen":
+        return flash_varlen_attention(query, prefix, tail_keys, tail_values, scaling)
+    if chosen == "native":
         return native_attention(query, prefix, tail_keys, tail_values, tail_valid, scaling)
-    if flat_waste(query, prefix) <= FLAT_WASTE_LIMIT:
+    if chosen == "flat":
         return flat_attention(query, prefix, tail_keys, tail_values, tail_valid, scaling)
     return segment_attention(query, prefix, tail_keys, tail_values, tail_valid, scaling)
+
+
+def strategy(
+    query: torch.Tensor,
+    prefix: RaggedKV,
+    tail_keys: torch.Tensor,
+    tail_values: torch.Tensor,
+    tail_valid: torch.Tensor | None,
+) -> str:
+    """The path :func:`ragged_attention` takes: ``flash_varlen`` (CUDA, one query token, every tail entry visible,
+    flash-attention installed), ``native`` (see :func:`native_applies`), else ``flat`` while :func:`flat_waste` is
+    at most ``FLAT_WASTE_LIMIT``, else ``segments``."""
+    if tail_valid is None and query.shape[2] == 1 and flash_varlen_available(query):
+        return "flash_varlen"
+    if native_applies(query, prefix, tail_keys, tail_values):
+        return "native"
+    return "flat" if flat_waste(query, prefix) <= FLAT_WASTE_LIMIT else "segments"
 
 
 def native_applies(query: torch.Tensor, prefix: RaggedKV, tail_keys: torch.Tensor, tail_values: torch.Tensor) -> bool:
@@ -207,13 +229,19 @@ def _probabilities(
 
 def flash_varlen_available(query: torch.Tensor) -> bool:
     """Whether the flash-attention varlen path can run for this query (CUDA, fp16/bf16, package installed)."""
-    if not query.is_cuda or query.dtype not in (torch.float16, torch.bfloat16):
-        return False
+    return query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and _flash_attn_installed()
+
+
+@functools.cache
+def _flash_attn_installed() -> bool:
+    """Looked up once: a failed import is not cached by Python and would search the path on every decode step."""
     try:
         import flash_attn  # noqa: F401
     except ImportError:
         return False
     return True
+
+
 def flash_varlen_attention(
     query: torch.Tensor,
     prefix: RaggedKV,

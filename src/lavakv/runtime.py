@@ -22,7 +22,7 @@ from lavakv.attention import ATTENTION_NAME, ROUTES, dense_mask, register, tail_
 from lavakv.budget import budget_per_row, rows_to_compress
 from lavakv.cache import CompressedCache, CompressedLayer
 from lavakv.methods import Method
-from lavakv.ragged_attention import flash_varlen_attention, flash_varlen_available, ragged_attention
+from lavakv.ragged_attention import ragged_attention
 from lavakv.scorers import SCORERS, ScoringInputs
 from lavakv.storage import compact
 from lavakv.support import check_supported
@@ -233,8 +233,6 @@ class Session:
         if layer.prefix is not None:
             tail = layer.tail
             visible = tail_mask(attention_mask, layer.prompt_columns, q_len, tail.length, query.device)
-            if visible is None and q_len == 1 and flash_varlen_available(query):
-                return flash_varlen_attention(query, layer.prefix, tail.keys, tail.values, scaling), None
             return ragged_attention(query, layer.prefix, tail.keys, tail.values, visible, scaling), None
         mask = dense_mask(
             attention_mask, layer.prompt_columns, layer.dense_prompt_entries, q_len, key.shape[2], key.shape[0],

@@ -35,7 +35,8 @@ def enabled() -> bool:
     return os.environ.get("LAVAKV_NATIVE", "1") != "0"
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what :func:`platform.processor` says."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -64,7 +65,7 @@ def build(source: Path = SOURCE) -> Path:
     except (OSError, subprocess.SubprocessError) as error:
         raise RuntimeError(f"no working C compiler ({compiler!r}): {error}") from error
     text = source.read_bytes()
-    key = hashlib.sha256(b"\0".join([text, " ".join(FLAGS).encode(), version.encode(), _cpu_model().encode(),
+    key = hashlib.sha256(b"\0".join([text, " ".join(FLAGS).encode(), version.encode(), cpu_model().encode(),
                                      platform.machine().encode()])).hexdigest()[:16]
     target = cache_root() / "native" / f"{source.stem}-{key}.so"
     if target.exists():
