@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install --quiet --upgrade pip
 	# torch first, pinned to the CPU build these machines carry; the project accepts torch>=2.4
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e '.[dev,gguf,plots,ruler-data]'
+	$(PIP) install --quiet -e '.[dev,eval,gguf,plots,ruler-data]'
 	touch $@
 
 setup: $(VENV)/.installed

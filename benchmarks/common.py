@@ -18,7 +18,7 @@ def environment() -> dict:
     import torch
     import transformers
 
-    cpu = platform.processor()  # as lavakv.native.cpu_model(); restated: the kvpress venv has no lavakv
+    cpu = platform.processor()  # as lavakv.attention.native.cpu_model(); restated: the kvpress venv has no lavakv
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from common import interleaved_medians, write_result
 
-from lavakv.ragged_attention import (
+from lavakv.attention.ragged import (
     FLAT_WASTE_LIMIT,
     flash_varlen_attention,
     flash_varlen_available,
@@ -32,7 +32,7 @@ from lavakv.ragged_attention import (
     segment_attention,
     strategy,
 )
-from lavakv.storage import RaggedKV
+from lavakv.cache.storage import RaggedKV
 
 # allowed max |ragged - float64| relative to max |float64 output|, per dtype
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}

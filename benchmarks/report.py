@@ -393,7 +393,7 @@ class Report:
         where = (f"{k['gpu']}, {k['dtype']}" if k.get("gpu") else f"{threads} thread(s)"
                  + (f", {k['dtype']}" if k["dtype"] != "float32" else ""))
         self.add(f"\n**Kernel level, {where}** ({provenance(k)}): one decode query per sequence against one layer, "
-                 "`lavakv.ragged_attention.ragged_attention` (the strategy it picked, and each strategy timed "
+                 "`lavakv.attention.ragged.ragged_attention` (the strategy it picked, and each strategy timed "
                  "alone) vs dense SDPA over the same number of entries; every ragged output was checked against "
                  "float64 first\n")
         flash = any("flash_varlen" in c["timing"] for c in k["cases"])

@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lavakv
-from lavakv import runtime
-from lavakv.allocation import HEAD_ALLOCATIONS, adaptive_heads, uniform_heads
+from lavakv import scorers as runtime
+from lavakv.allocation import HEAD_ALLOCATIONS, AdaptiveHeads, UniformHeads, adaptive_heads, uniform_heads
 from lavakv.allocation.layers import (
     CakeCascade,
     EntropyCascade,
@@ -286,6 +286,12 @@ def _record_scorer(monkeypatch, name: str) -> list[tuple]:
     return calls
 
 
+def _statistic(allocation, inputs, scores):
+    valid_prefix = inputs.valid & ~inputs.window_mask()[None, :]
+    source = scores if allocation.reads == "scores" else inputs.window_attention()
+    return allocation.statistic(source, valid_prefix, inputs.window)
+
+
 @pytest.mark.parametrize("preset,kwargs", [
     ("lava", {}), ("cake", {}), ("lava-uniform-head", {}), ("lava-pyramid", {}),
     ("lava", {"alpha": 0.2, "floor_from": "configured"}), ("lava", {"alpha": 0.2}),
@@ -308,7 +314,7 @@ def test_cascade_equals_one_shot_allocation_with_final_budgets(monkeypatch, pres
     allocation = m.layer_allocation()
     mean = torch.full_like(real, budget - window)
     if allocation.cascade:
-        recomputed = torch.stack([allocation.statistic(inputs, scores) for inputs, scores, _ in calls])
+        recomputed = torch.stack([_statistic(allocation, inputs, scores) for inputs, scores, _ in calls])
         torch.testing.assert_close(torch.stack(stats.layer_statistics), recomputed)
         final = allocation.budgets(recomputed, mean * len(layers))
     else:  # static allocation (pyramid): the same check, with budgets known before prefill
@@ -359,7 +365,7 @@ def test_cascade_with_floor_truncates_like_one_shot(monkeypatch):
     """
     window = 8
     stats_by_layer = iter([torch.tensor([1.0]), torch.tensor([0.0625])])
-    monkeypatch.setattr(EntropyCascade, "statistic", lambda self, inputs, scores: next(stats_by_layer))
+    monkeypatch.setattr(EntropyCascade, "statistic", lambda self, source, valid_prefix, window: next(stats_by_layer))
     calls = []
 
     def designed(inputs, **kwargs):
@@ -387,7 +393,7 @@ def test_cascade_with_floor_truncates_like_one_shot(monkeypatch):
 
 
 def test_head_allocation_registry():
-    assert HEAD_ALLOCATIONS == {"uniform": uniform_heads, "adaptive": adaptive_heads}
+    assert HEAD_ALLOCATIONS == {"uniform": UniformHeads, "adaptive": AdaptiveHeads}
     scores = make_scores(1, 2, 10, 2, [0], seed=0)
     everything = adaptive_heads(scores, torch.tensor([10]), 2)
     assert bool(everything.all()), "a budget equal to the prefix keeps everything"

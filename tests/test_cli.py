@@ -8,7 +8,7 @@ import pytest
 from test_generation import tiny_pair
 
 import lavakv
-from lavakv import cli
+from lavakv.cli import app as cli
 from lavakv.models import ModelNotInstalledError
 
 

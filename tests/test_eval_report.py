@@ -8,8 +8,8 @@ import json
 import pytest
 from test_eval_support import tiny_eval_pair
 
-from lavakv import models
 from lavakv.eval.commands import add_subcommands
+from lavakv.models import loading as models
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,6 +21,7 @@ def _parser() -> argparse.ArgumentParser:
 @pytest.fixture
 def tiny(monkeypatch):
     pair = tiny_eval_pair(chat=True)
+    pair[0].config.max_position_embeddings = 2048  # room for the 1200-token RULER prompts (RoPE has no hard limit)
     asked = []
 
     def fake_load_model(name, *, dtype, device):

@@ -6,7 +6,7 @@ import torch
 from conftest import prompt, tiny_model
 
 import lavakv
-from lavakv.storage import DenseKV
+from lavakv.cache.storage import DenseKV
 
 
 def _entry_bytes(model) -> int:

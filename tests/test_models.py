@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from lavakv import models
-from lavakv.models import MODELS, ModelNotInstalledError, ModelPart, ModelSpec, load_model
+from lavakv.models import loading as models
+from lavakv.models.loading import MODELS, ModelNotInstalledError, ModelPart, ModelSpec, load_model
 
 REPO = Path(__file__).resolve().parents[1]
 CHATML = (

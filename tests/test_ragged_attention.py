@@ -12,10 +12,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lavakv import native
-from lavakv import ragged_attention as kernels
-from lavakv.ragged_attention import flat_attention, native_attention, ragged_attention, segment_attention
-from lavakv.storage import DenseKV, RaggedKV
+from lavakv.attention import native
+from lavakv.attention import ragged as kernels
+from lavakv.attention.ragged import flat_attention, native_attention, ragged_attention, segment_attention
+from lavakv.cache.storage import DenseKV, RaggedKV
 
 
 def _dense_reference(query, keys, values, valid, tail_keys, tail_values, tail_valid, scaling):
@@ -182,7 +182,7 @@ def test_native_build_is_cached_and_a_missing_compiler_falls_back(monkeypatch, t
     monkeypatch.setenv("LAVAKV_CACHE", str(tmp_path / "empty"))
     native.ragged_decode.cache_clear()
     try:
-        with caplog.at_level(logging.WARNING, logger="lavakv.native"):
+        with caplog.at_level(logging.WARNING, logger="lavakv.attention.native"):
             assert native.ragged_decode() is None
         assert "no working C compiler" in caplog.text
         out = ragged_attention(query, prefix, tail_store.keys, tail_store.values, None, 0.3)  # PyTorch fallback

@@ -15,7 +15,7 @@ from lavakv.scorers.h2o import h2o_scores
 from lavakv.scorers.lava import lava_scores
 from lavakv.scorers.random import random_scores
 from lavakv.scorers.snapkv import snapkv_scores
-from lavakv.scorers.statistics import cake_preference, normalized_entropy
+from lavakv.allocation.statistics import cake_preference, normalized_entropy
 from lavakv.scorers.streaming import streaming_scores
 from lavakv.scorers.tova import tova_scores
 
@@ -413,6 +413,6 @@ def test_cake_preference_matches_float64_reference(tau1_inv, tau2_inv):
             variances = [((rows[b, h, :, i] - rows[b, h, :, i].mean()) ** 2).mean().item() for i in prefix]
             shift += sum(variances) / len(prefix) / rows.shape[1]
         expected.append(dispersion**tau1_inv * shift**tau2_inv)
-    got = cake_preference(inputs, tau1_inv=tau1_inv, tau2_inv=tau2_inv)
+    got = cake_preference(inputs.window_attention(), valid_prefix, tau1_inv=tau1_inv, tau2_inv=tau2_inv)
     assert got.shape == (3,) and got.dtype == torch.float32
     torch.testing.assert_close(got.double(), torch.tensor(expected, dtype=torch.float64), **TOL)

@@ -4,7 +4,9 @@ savings, for Hugging Face causal language models."""
 from lavakv.cache import CompressedCache
 from lavakv.generation import GenerationResult, generate
 from lavakv.methods import Method, describe, list_methods, method
+from lavakv.models import load_model
 from lavakv.runtime import Session, SessionStats
+from lavakv.runtime.session import attach
 
 __version__ = "0.1.0"
 
@@ -15,8 +17,10 @@ __all__ = [
     "Session",
     "SessionStats",
     "__version__",
+    "attach",
     "describe",
     "generate",
     "list_methods",
+    "load_model",
     "method",
 ]

@@ -12,16 +12,13 @@ For each prompt length, one exact prefill fills an uncompressed cache and one co
 
 from __future__ import annotations
 
-import statistics
-import sys
 import time
 
 import torch
-from tqdm.auto import tqdm
 
-from lavakv.generation import _sync
 from lavakv.methods import Method
 from lavakv.methods import method as make_method
+from lavakv.timing import decode_step_medians
 
 
 def measure(model, ids: torch.Tensor, methods: list[Method], decode_steps: int = 10, progress: bool = False
@@ -29,7 +26,7 @@ def measure(model, ids: torch.Tensor, methods: list[Method], decode_steps: int =
     """Measure the uncompressed cache and each method's cache after one shared prefill of ``ids``.
 
     Args:
-        model: a supported decoder (see :func:`lavakv.support.check_supported`).
+        model: a supported decoder (see :func:`lavakv.models.support.check_supported`).
         ids: ``[1, tokens]`` prompt token ids on the model's device.
         methods: compressing methods (the uncompressed cache is always measured first).
         decode_steps: timed decode steps per cache (after 2 untimed ones).
@@ -51,31 +48,18 @@ def measure(model, ids: torch.Tensor, methods: list[Method], decode_steps: int =
         stats = [session.stats(c) for c in caches]
         prefill_s = total - sum(s.shared_prefill_seconds for s in stats)  # the exact prefill alone
         token = logits.argmax(-1, keepdim=True)  # [1, 1]
-        times = _interleaved_decode(model, caches, token, decode_steps, progress)
+        times = decode_step_medians(model, dict(enumerate(caches)), token, decode_steps,
+                                    progress="lavakv bench decode" if progress else None)
     rows = []
-    for m, st, ms in zip(caches_methods, stats, times, strict=True):
+    for i, (m, st) in enumerate(zip(caches_methods, stats, strict=True)):
+        ms = times[i]
         rows.append({
             "label": m.name if not m.compresses else f"{m.name}@{m.budget}", "method": m.name,
             "budget": m.budget if m.compresses else None, "tokens": int(ids.shape[1]),
             "kept_entries": st.kept_entries, "resident_kv_bytes": st.resident_kv_bytes,
             "uncompressed_kv_bytes": st.uncompressed_kv_bytes, "compression_s": st.compression_seconds,
-            "prefill_s": prefill_s, "decode_ms_median": statistics.median(ms),
-            "decode_ms_p10": sorted(ms)[len(ms) // 10], "decode_ms_p90": sorted(ms)[(9 * len(ms)) // 10],
+            "prefill_s": prefill_s, "decode_ms_median": ms["median_ms"], "decode_ms_p10": ms["p10_ms"],
+            "decode_ms_p90": ms["p90_ms"],
         })
     return rows
 
-
-def _interleaved_decode(model, caches: list, token: torch.Tensor, steps: int, progress: bool) -> list[list[float]]:
-    """Milliseconds of each decode step per cache; each round steps every cache once (2 untimed rounds first)."""
-    times: list[list[float]] = [[] for _ in caches]
-    device = token.device
-    for step in tqdm(range(steps + 2), desc="lavakv bench decode", unit="step", file=sys.stderr,
-                     disable=not progress):
-        for i, cache in enumerate(caches):
-            _sync(device)
-            start = time.perf_counter()
-            model(token, cache=cache, logits_to_keep=1)
-            _sync(device)
-            if step >= 2:
-                times[i].append((time.perf_counter() - start) * 1e3)
-    return times

@@ -7,9 +7,15 @@
   assistant header and any answer prefix) is fed through the same compressed cache, as when one compressed
   context serves questions not known in advance.
 
-Both then decode greedily with ``model.generate`` on the pre-filled cache: transformers 5.24 slices the input ids
-to the tokens the cache does not hold yet, so only the first generated token is fed again. ``method=None`` or
-``"full"`` runs through a ``lavakv.method("full")`` session, so statistics are measured the same way.
+Both then decode greedily from the filled cache (:func:`decode_from_cache`: argmax, one token per step, until an
+end-of-sequence id of :func:`stop_ids` or ``max_new_tokens``). ``method=None`` or ``"full"`` runs through a
+``lavakv.method("full")`` session, so statistics are measured the same way.
+
+The pieces are public and shared with the evaluation harness (:mod:`lavakv.eval.runner`), so both encode prompts,
+stop and decode the same way: :func:`encode_prompt` (the one prompt encoder; :func:`prompt_ids` is
+:func:`generate`'s layout on top of it), :func:`stop_ids`, :func:`decode_from_cache` after
+:meth:`Session.prefill <lavakv.Session.prefill>` (and :meth:`Session.extend <lavakv.Session.extend>` for a question
+fed through the compressed context), :func:`decode_text`.
 """
 
 from __future__ import annotations
@@ -17,12 +23,14 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from tqdm.auto import tqdm
 
 from lavakv.methods import Method
 from lavakv.methods import method as make_method
+from lavakv.timing import sync
 
 
 @dataclass
@@ -73,48 +81,129 @@ def resolve_method(method: Method | str | None) -> Method:
     )
 
 
-def prompt_ids(tokenizer, context: str, question: str | None, *, answer_prefix: str = "", chat: bool = True
-               ) -> tuple[list[int], list[int], list[int]]:
-    """Token ids of the prompt: ``(whole, context_part, rest)`` with ``context_part + rest`` split after the context.
+class PromptIds(NamedTuple):
+    """A prompt's token ids, split where the compressed context ends (unpacks as ``whole, context, rest``).
 
-    ``whole`` is the prompt tokenized in one piece (query-aware); ``context_part`` and ``rest`` are tokenized apart
-    (query-agnostic), so their concatenation may differ from ``whole`` at the seam by a merge. With a chat
-    template, context and question are stripped of surrounding whitespace (templates often trim them).
+    Attributes:
+        whole: the prompt tokenized in one piece (query-aware runs compress all of it).
+        context: the ids up to the end of the context, tokenized alone (query-agnostic runs compress these).
+        rest: the ids after the context, tokenized alone (fed through the compressed cache when query-agnostic).
+            ``context + rest`` may differ from ``whole`` at the seam by a merge.
     """
+
+    whole: list[int]
+    context: list[int]
+    rest: list[int]
+
+
+def encode_prompt(tokenizer, context: str, query: str = "", *, answer_prefix: str = "", chat: bool = True
+                  ) -> PromptIds:
+    """Token ids of the prompt ``context + query`` followed by ``answer_prefix``: the one prompt encoder.
+
+    The user message is exactly ``context + query`` (callers write every separator themselves: the evaluation
+    tasks' official templates do, :func:`prompt_ids` joins with a blank line). With ``chat`` and a tokenizer that
+    has a chat template, the message is one user turn and ``answer_prefix`` follows the assistant header, its
+    leading whitespace dropped; otherwise ``answer_prefix`` follows the message directly.
+
+    Raises:
+        ValueError: the chat template changed the message text, so the context's end cannot be found.
+    """
+    content = context + query
     if chat and getattr(tokenizer, "chat_template", None):
-        context, question = context.strip(), question.strip() if question is not None else None
-        content = context if question is None else f"{context}\n\n{question}"
         rendered = tokenizer.apply_chat_template(
             [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
         )
-        rendered += answer_prefix
         at = rendered.find(content)
         if at < 0:
-            raise ValueError("the tokenizer's chat template rewrote the context text; pass chat=False (--no-chat)")
+            raise ValueError("the tokenizer's chat template rewrote the prompt text; pass chat=False (--no-chat)")
+        rendered += answer_prefix.lstrip()
         split = at + len(context)
         special = False  # the template writes BOS and role markers itself
     else:
-        content = context if question is None else f"{context}\n\n{question}"
-        rendered = content + (f"\n\n{answer_prefix}" if answer_prefix else "")
+        rendered = content + answer_prefix
         split = len(context)
         special = True
 
     def encode(text: str, add_special: bool) -> list[int]:
         return list(tokenizer(text, add_special_tokens=add_special)["input_ids"]) if text else []
 
-    return encode(rendered, special), encode(rendered[:split], special), encode(rendered[split:], False)
+    return PromptIds(encode(rendered, special), encode(rendered[:split], special), encode(rendered[split:], False))
 
 
-def _stop_ids(model, tokenizer) -> set[int]:
-    eos = getattr(model.generation_config, "eos_token_id", None)
+def prompt_ids(tokenizer, context: str, question: str | None, *, answer_prefix: str = "", chat: bool = True
+               ) -> PromptIds:
+    """The prompt of :func:`generate`: context and question joined by a blank line, through :func:`encode_prompt`.
+
+    Without a chat template a blank line also precedes a non-empty ``answer_prefix``. With one, context and
+    question are stripped of surrounding whitespace (templates often trim them).
+    """
+    if chat and getattr(tokenizer, "chat_template", None):
+        context, question = context.strip(), question.strip() if question is not None else None
+    query = "" if question is None else f"\n\n{question}"
+    prefix = f"\n\n{answer_prefix}" if answer_prefix else ""
+    return encode_prompt(tokenizer, context, query, answer_prefix=prefix, chat=chat)
+
+
+def count_tokens(tokenizer, text: str) -> int:
+    """Tokens of ``text`` without special tokens."""
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def stop_ids(model, tokenizer) -> set[int]:
+    """End-of-sequence ids: the model's generation config, else the tokenizer's EOS."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if eos is None:
         eos = tokenizer.eos_token_id
     return set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+@dataclass
+class Decoded:
+    """Tokens generated from one cache (the stop token included when one was produced)."""
+
+    tokens: list[int]
+    stopped: bool
+
+
+def decode_from_cache(model, cache, first_logits: torch.Tensor, *, max_new_tokens: int, stops: set[int]
+                      ) -> Decoded:
+    """Greedy tokens from an already filled ``cache``, given the logits ``[1, vocab]`` of its last fed position.
+
+    The cache may come from :meth:`~lavakv.Session.prefill` (one exact prefill for several methods), with a
+    question fed after it through :meth:`~lavakv.Session.extend` (query-agnostic). Each step takes the argmax
+    token and feeds it with the cache, at position ``cache.get_seq_length()`` (the cache's logical length: evicted
+    entries count), batch of one, no padding. Pure argmax: no logits processor of the model's generation config
+    applies.
+
+    Args:
+        max_new_tokens: at most this many tokens are produced (>= 1).
+        stops: end-of-sequence ids (:func:`stop_ids`, plus any others); decoding ends after producing one.
+    """
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+    if first_logits.dim() != 2 or first_logits.shape[0] != 1:
+        raise ValueError(f"decode_from_cache decodes one sequence: logits [1, vocab], got {tuple(first_logits.shape)}")
+    device = first_logits.device
+    logits = first_logits
+    tokens: list[int] = []
+    with torch.no_grad():
+        while True:
+            token = int(logits[0].argmax())
+            tokens.append(token)
+            if token in stops:
+                return Decoded(tokens, True)
+            if len(tokens) >= max_new_tokens:
+                return Decoded(tokens, False)
+            past = cache.get_seq_length()
+            out = model(torch.tensor([[token]], device=device), attention_mask=torch.ones(
+                1, past + 1, dtype=torch.long, device=device), position_ids=torch.tensor([[past]], device=device),
+                cache=cache, logits_to_keep=1)
+            logits = out.logits[:, -1]
+
+
+def decode_text(tokenizer, tokens: list[int]) -> str:
+    """Text of generated ``tokens`` with special tokens dropped, outer whitespace stripped."""
+    return tokenizer.decode(tokens, skip_special_tokens=True).strip()
 
 
 def generate(
@@ -188,14 +277,13 @@ def generate_many(
     device = next(model.parameters()).device
     ids = torch.tensor([context_ids + rest_ids if query_agnostic else whole], device=device)  # [1, n]
     compressed = ids[:, : len(context_ids)] if query_agnostic else ids  # what the prefill compresses
-    stops = _stop_ids(model, tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(stops), 0)
+    stops = stop_ids(model, tokenizer)
 
     results = []
     with torch.no_grad(), resolved[0].attach(model) as session:
         start = time.perf_counter()
         caches, shared_logits = session.prefill(compressed, torch.ones_like(compressed), resolved)
-        _sync(device)
+        sync(device)
         shared_seconds = time.perf_counter() - start
         shared_stats = [session.stats(c) for c in caches]
         compression = [st.compression_seconds for st in shared_stats]  # each as if prefilled alone
@@ -205,30 +293,19 @@ def generate_many(
             cache, caches[i] = caches[i], None  # release each cache once used
             start = time.perf_counter()
             if query_agnostic:
-                c = compressed.shape[1]
-                out = model(input_ids=ids[:, c:], attention_mask=torch.ones_like(ids), cache=cache, logits_to_keep=1)
-                logits = out.logits[:, -1].float()  # [1, vocab]
+                logits = session.extend(cache, ids[:, compressed.shape[1]:]).logits[:, -1].float()  # [1, vocab]
             else:
                 logits = shared_logits.float()
-            first = logits.argmax(-1, keepdim=True)  # [1, 1]
-            _sync(device)
+            sync(device)
             prefill_seconds = shared_seconds - spent + compression[i] + time.perf_counter() - start
             stats = session.stats(cache)
 
             start = time.perf_counter()
-            new = first
-            if int(first) not in stops and max_new_tokens > 1:
-                seq = torch.cat([ids, first], dim=1)  # [1, n + 1]; the cache holds all but the last token
-                seq = model.generate(
-                    seq, attention_mask=torch.ones_like(seq), cache=cache, max_new_tokens=max_new_tokens - 1,
-                    do_sample=False, pad_token_id=pad, eos_token_id=sorted(stops) or None,
-                )
-                new = seq[:, ids.shape[1]:]
-            _sync(device)
+            decoded = decode_from_cache(model, cache, logits, max_new_tokens=max_new_tokens, stops=stops)
+            sync(device)
             decode_seconds = time.perf_counter() - start
-            new_ids = new[0].tolist()
             results.append(GenerationResult(
-                text=tokenizer.decode(new_ids, skip_special_tokens=True).strip(),
+                text=decode_text(tokenizer, decoded.tokens),
                 prompt_tokens=int(ids.shape[1]),
                 compressed_tokens=int(compressed.shape[1]),
                 kept_entries=stats.kept_entries,
@@ -236,7 +313,7 @@ def generate_many(
                 uncompressed_kv_bytes=stats.uncompressed_kv_bytes,
                 prefill_seconds=prefill_seconds,
                 decode_seconds=decode_seconds,
-                new_tokens=len(new_ids),
+                new_tokens=len(decoded.tokens),
                 first_token_logits=logits[0].cpu(),
             ))
     return results

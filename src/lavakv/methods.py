@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import torch
 
 from lavakv.allocation import HEAD_ALLOCATIONS, LAYER_ALLOCATIONS
 from lavakv.budget import validate_budget
-from lavakv.scorers import SCORERS
+from lavakv.runtime.components import Components
+from lavakv.runtime.session import Session
+from lavakv.scorers import SCORERS, Scorer, scorer_defaults
 
-if TYPE_CHECKING:
-    import torch
-
-    from lavakv.runtime import Session
+DEFAULT_WINDOW = 32
 
 # preset -> (scorer, layer allocation, head allocation); "full" has no components
 PRESETS: dict[str, tuple[str, str, str] | None] = {
@@ -35,19 +35,9 @@ PRESETS: dict[str, tuple[str, str, str] | None] = {
     "lava-pyramid": ("lava", "pyramid", "adaptive"),
 }
 
-# adaptive heads: Ada-KV floor fraction and its reference budget. With alpha > 0 under a cascade (lava, cake
-# layers) truncation starts from the floored kept set, which can differ from a one-shot allocation at the final
-# budget; alpha = 0 (the paper's default) is exact.
-HEAD_PARAMS = {"alpha": 0.0, "floor_from": "layer"}
 
-
-def _scorer_params(name: str) -> dict[str, Any]:
-    sig = inspect.signature(SCORERS[name])
-    return {p.name: p.default for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY}
-
-
-def _layer_params(name: str) -> dict[str, Any]:
-    return {f.name: f.default for f in dataclasses.fields(LAYER_ALLOCATIONS[name])}
+def _fields(cls) -> dict[str, Any]:
+    return {f.name: f.default for f in dataclasses.fields(cls)}
 
 
 @dataclass(frozen=True)
@@ -57,7 +47,7 @@ class Method:
     Attributes:
         name: preset name, or ``"custom"`` for a composition.
         scorer, layers, heads: component names (None for ``full``).
-        budget: tokens per KV head per layer on average, window included (METHODS.md §0), or None.
+        budget: tokens per KV head per layer on average, window included (docs/methods.md), or None.
         compression_ratio: fraction of prompt entries removed, or None.
         window: observation window w, always kept.
         params: resolved hyper-parameters of every component.
@@ -76,26 +66,37 @@ class Method:
     def compresses(self) -> bool:
         return self.scorer is not None
 
-    def scorer_kwargs(self) -> dict[str, Any]:
-        return {k: self.params[k] for k in _scorer_params(self.scorer)}
+    def resolve(self) -> Components | None:
+        """The components the runtime runs (None for ``full``); every parameter is validated here, once."""
+        if "_resolved" not in self.__dict__:
+            object.__setattr__(self, "_resolved", self._build_components())
+        return self.__dict__["_resolved"]
+
+    def _build_components(self) -> Components | None:
+        if self.scorer is None:
+            return None
+        scorer = Scorer(self.scorer, {k: self.params[k] for k in scorer_defaults(self.scorer)})
+        layer_cls, head_cls = LAYER_ALLOCATIONS[self.layers], HEAD_ALLOCATIONS[self.heads]
+        layers = layer_cls(**{k: self.params[k] for k in _fields(layer_cls)})
+        heads = head_cls(**{k: self.params[k] for k in _fields(head_cls)})
+        if layers.cascade and getattr(layers, "reads", None) == "scores" and not scorer.attention_mass:
+            raise ValueError(
+                f"layer allocation {self.layers!r} budgets layers by the entropy of their scores, which is meaningless "
+                f"for scorer {self.scorer!r}; use an attention scorer (lava, snapkv, cake, h2o, tova) or "
+                f"layers='uniform'/'pyramid'"
+            )
+        return Components(self.name, scorer, layers, heads, self.budget, self.compression_ratio, self.window)
 
     def layer_allocation(self):
         """The layer allocation object (static or cascade)."""
-        return LAYER_ALLOCATIONS[self.layers](**{k: self.params[k] for k in _layer_params(self.layers)})
+        return self.resolve().layers
 
     def allocate_heads(self, scores: torch.Tensor, budget: torch.Tensor, configured: torch.Tensor) -> torch.Tensor:
         """Apply the head allocation: ``scores [batch, kv_heads, tokens]``, ``budget [batch]`` -> keep mask."""
-        if self.heads == "uniform":
-            return HEAD_ALLOCATIONS["uniform"](scores, budget, self.window)
-        floor_budget = configured if self.params["floor_from"] == "configured" else None
-        return HEAD_ALLOCATIONS["adaptive"](
-            scores, budget, self.window, alpha=self.params["alpha"], floor_budget=floor_budget
-        )
+        return self.resolve().heads(scores, budget, self.window, configured)
 
     def attach(self, model) -> Session:
         """Install this method on ``model``; use as ``with m.attach(model) as session:``."""
-        from lavakv.runtime import Session
-
         return Session(self, model)
 
     def describe(self) -> dict[str, Any]:
@@ -125,7 +126,7 @@ def method(
     heads: str | None = None,
     budget: int | None = None,
     compression_ratio: float | None = None,
-    window: int = 32,
+    window: int | None = None,
     **params: Any,
 ) -> Method:
     """Build a method from a preset name and/or components.
@@ -142,7 +143,10 @@ def method(
     if name == "full":
         if budget is not None or compression_ratio is not None or scorer or layers or heads or params:
             raise ValueError("method 'full' does not compress: give it no budget, ratio, components or parameters")
-        return Method("full", None, None, None, None, None, window)
+        if window is not None:
+            raise ValueError("method 'full' does not compress, so it has no observation window: drop window=")
+        return Method("full", None, None, None, None, None, DEFAULT_WINDOW)
+    window = DEFAULT_WINDOW if window is None else window
     preset = PRESETS[name] if name is not None else (scorer, "uniform", "uniform")
     scorer = scorer or preset[0]
     layers = layers or preset[1]
@@ -150,30 +154,22 @@ def method(
     for kind, value, registry in (
         ("scorer", scorer, SCORERS),
         ("layers", layers, LAYER_ALLOCATIONS),
-        ("heads", heads, {"uniform": None, "adaptive": None}),
+        ("heads", heads, HEAD_ALLOCATIONS),
     ):
         if value not in registry:
             raise ValueError(f"unknown {kind} {value!r}; choose one of: {', '.join(registry)}")
     validate_budget(budget, compression_ratio, window)
-    defaults = {**_scorer_params(scorer), **_layer_params(layers)}
-    if heads == "adaptive":
-        defaults.update(HEAD_PARAMS)
+    defaults = {**scorer_defaults(scorer), **_fields(LAYER_ALLOCATIONS[layers]), **_fields(HEAD_ALLOCATIONS[heads])}
     unknown = sorted(set(params) - set(defaults))
     if unknown:
         raise TypeError(
             f"unknown parameter(s) {', '.join(unknown)} for scorer={scorer}, layers={layers}, heads={heads}; "
             f"valid: {', '.join(sorted(defaults)) or 'none'}"
         )
-    if params.get("floor_from", "layer") not in ("layer", "configured"):
-        raise ValueError(
-            f"floor_from must be 'layer' (paper) or 'configured' (reference code), got {params['floor_from']!r}"
-        )
-    if not 0.0 <= float(params.get("alpha", 0.0)) < 1.0:
-        raise ValueError(f"alpha (adaptive-head floor fraction) must be in [0, 1), got {params['alpha']}")
     resolved = {**defaults, **params}
     is_preset = name is not None and (scorer, layers, heads) == preset
     m = Method(name if is_preset else "custom", scorer, layers, heads, budget, compression_ratio, window, resolved)
-    m.layer_allocation()  # validates the allocation's parameters now, not at prefill
+    m.resolve()  # validates every component's parameters now, not at prefill
     return m
 
 

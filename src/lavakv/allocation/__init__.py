@@ -1,16 +1,19 @@
-"""Budget allocation across layers and across the KV heads of a layer (METHODS.md §2-3)."""
+"""Budget allocation across layers and across the KV heads of a layer (docs/methods.md).
 
-from lavakv.allocation.heads import adaptive_heads, uniform_heads
+Allocations are pure functions of tensors: budgets and keep masks from scores and per-layer statistics.
+"""
+
+from lavakv.allocation.heads import HEAD_ALLOCATIONS, AdaptiveHeads, UniformHeads, adaptive_heads, uniform_heads
 from lavakv.allocation.layers import LAYER_ALLOCATIONS, CakeCascade, EntropyCascade, PyramidLayers, UniformLayers
-
-HEAD_ALLOCATIONS = {"uniform": uniform_heads, "adaptive": adaptive_heads}
 
 __all__ = [
     "HEAD_ALLOCATIONS",
     "LAYER_ALLOCATIONS",
+    "AdaptiveHeads",
     "CakeCascade",
     "EntropyCascade",
     "PyramidLayers",
+    "UniformHeads",
     "UniformLayers",
     "adaptive_heads",
     "uniform_heads",

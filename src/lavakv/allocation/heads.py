@@ -8,7 +8,11 @@ budget covers its whole prefix keeps every real token.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+FLOOR_CONVENTIONS = ("layer", "configured")
 
 
 def prefix_scores(scores: torch.Tensor, window: int) -> torch.Tensor:
@@ -102,3 +106,44 @@ def _fill_empty_heads(ranked: torch.Tensor, won: torch.Tensor, budget: torch.Ten
         flat[idx, weakest[can]] = False
         flat[idx, head[can] * n + best[can]] = True
     return won
+
+
+@dataclass(frozen=True)
+class UniformHeads:
+    """Head allocation "uniform": every KV head keeps its own top-B_l prefix tokens plus the window."""
+
+    def __call__(self, scores: torch.Tensor, budget: torch.Tensor, window: int, configured: torch.Tensor) -> torch.Tensor:
+        """``scores [batch, kv_heads, tokens]``, ``budget [batch]`` -> keep ``[batch, kv_heads, tokens]`` bool."""
+        return uniform_heads(scores, budget, window)
+
+
+@dataclass(frozen=True)
+class AdaptiveHeads:
+    """Head allocation "adaptive" (Ada-KV / LAVa): a flattened top-k over the layer's heads, with a floor.
+
+    Attributes:
+        alpha: floor fraction in [0, 1) (Ada-KV's safeguard); 0 = the paper's plain flattened top-k.
+        floor_from: "layer" (floor from the layer's budget B_l) or "configured" (reference code: from the
+            configured B - w).
+    """
+
+    alpha: float = 0.0
+    floor_from: str = "layer"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)):
+            raise TypeError(f"alpha (adaptive-head floor fraction) must be a float in [0, 1), got {self.alpha!r}")
+        if not 0.0 <= float(self.alpha) < 1.0:
+            raise ValueError(f"alpha (adaptive-head floor fraction) must be in [0, 1), got {self.alpha}")
+        if self.floor_from not in FLOOR_CONVENTIONS:
+            raise ValueError(
+                f"floor_from must be 'layer' (paper) or 'configured' (reference code), got {self.floor_from!r}"
+            )
+
+    def __call__(self, scores: torch.Tensor, budget: torch.Tensor, window: int, configured: torch.Tensor) -> torch.Tensor:
+        """``scores [batch, kv_heads, tokens]``, ``budget [batch]``, ``configured [batch]`` (B - w) -> keep mask."""
+        floor_budget = configured if self.floor_from == "configured" else None
+        return adaptive_heads(scores, budget, window, alpha=float(self.alpha), floor_budget=floor_budget)
+
+
+HEAD_ALLOCATIONS = {"uniform": UniformHeads, "adaptive": AdaptiveHeads}

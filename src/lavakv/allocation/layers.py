@@ -4,6 +4,10 @@ A static allocation knows every layer's budget before prefill. A cascade (LAVa, 
 layer as prefill reaches it, and after each layer re-budgets every layer seen so far in proportion to their
 statistics; budgets only shrink as layers arrive, so earlier layers are truncated, never re-scored.
 All budgets are prefix tokens per KV head (window excluded), per sequence of the batch.
+
+A cascade's ``statistic`` takes tensors only; ``reads`` says which: ``"scores"`` (the layer's scores
+``[batch, kv_heads, tokens]``) or ``"window_attention"`` (the window queries' attention ``[batch, q_heads, w,
+tokens]``), each with ``valid_prefix [batch, tokens]`` (real tokens outside the window).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from lavakv.scorers.base import ScoringInputs
-from lavakv.scorers.statistics import cake_preference, normalized_entropy
+from lavakv.allocation.statistics import cake_preference, normalized_entropy
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,7 @@ class PyramidLayers:
     cascade = False
 
     def __post_init__(self) -> None:
-        if not self.beta >= 1.0:
+        if isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)) or not self.beta >= 1.0:
             raise ValueError(f"pyramid beta must be >= 1 (ratio of bottom to top slope), got {self.beta}")
 
     def budgets(self, num_layers: int, mean: torch.Tensor) -> torch.Tensor:
@@ -83,11 +87,11 @@ class EntropyCascade:
     """LAVa (paper Sec. 4.2, Eqs. 6-7, Algorithm 2): budgets proportional to each layer's normalised entropy."""
 
     cascade = True
+    reads = "scores"
 
-    def statistic(self, inputs: ScoringInputs, scores: torch.Tensor) -> torch.Tensor:
-        """``[batch]`` normalised entropy of the layer's flattened prefix scores."""
-        valid_prefix = inputs.valid & ~inputs.window_mask()[None, :]
-        return normalized_entropy(scores, valid_prefix, prefix_len=inputs.tokens - inputs.window)
+    def statistic(self, scores: torch.Tensor, valid_prefix: torch.Tensor, window: int) -> torch.Tensor:
+        """``[batch]`` normalised entropy of the layer's flattened prefix scores ``[batch, kv_heads, tokens]``."""
+        return normalized_entropy(scores, valid_prefix, prefix_len=scores.shape[-1] - window)
 
     budgets = staticmethod(proportional_budgets)
 
@@ -99,9 +103,17 @@ class CakeCascade:
     tau1_inv: float = 0.5
     tau2_inv: float = 0.5
     cascade = True
+    reads = "window_attention"
 
-    def statistic(self, inputs: ScoringInputs, scores: torch.Tensor) -> torch.Tensor:
-        return cake_preference(inputs, tau1_inv=self.tau1_inv, tau2_inv=self.tau2_inv)
+    def __post_init__(self) -> None:
+        for name in ("tau1_inv", "tau2_inv"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"cake {name} (an exponent 1/tau) must be a number >= 0, got {value!r}")
+
+    def statistic(self, window_attention: torch.Tensor, valid_prefix: torch.Tensor, window: int) -> torch.Tensor:
+        """``[batch]`` CAKE preference from the window attention ``[batch, q_heads, w, tokens]``."""
+        return cake_preference(window_attention, valid_prefix, tau1_inv=self.tau1_inv, tau2_inv=self.tau2_inv)
 
     budgets = staticmethod(proportional_budgets)
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from lavakv.cli_support import check_model_request, parse_csv
+from lavakv.cli.arguments import check_fits, check_model_request, check_out_dir, parse_csv, read_text_file
 from lavakv.eval.tasks import TASK_NAMES, TaskOptions, parse_task_spec
 
 logger = logging.getLogger("lavakv")
@@ -26,17 +26,17 @@ def _load(name: str, device: str, dtype: str):
     """``(model, tokenizer)`` by :func:`lavakv.models.load_model`, looked up at call time (tests patch it)."""
     import torch
 
-    from lavakv import models
+    from lavakv.models import loading as models
 
-    check_model_request(name, device, list(models.MODELS))
-    return models.load_model(name, dtype=getattr(torch, dtype), device=device)
+    source = check_model_request(name, device, list(models.MODELS))
+    return models.load_model(source, dtype=getattr(torch, dtype), device=device)
 
 
 def config_from_args(args: argparse.Namespace):
     """An :class:`~lavakv.eval.runner.EvalConfig` from parsed ``lavakv eval`` arguments (validated)."""
     from lavakv.eval.runner import EvalConfig, plan_runs
 
-    parse_task_spec(args.task)
+    families = {family for family, _ in parse_task_spec(args.task)}
     lengths = parse_csv(args.lengths, int, "--lengths") or None
     depths = parse_csv(args.depths, float, "--depths") or None
     for value, flag in ((args.samples, "--samples"), (args.max_new_tokens, "--max-new-tokens")):
@@ -44,29 +44,93 @@ def config_from_args(args: argparse.Namespace):
             raise ValueError(f"{flag} must be >= 1, got {value}")
     if lengths and min(lengths) < 1:
         raise ValueError(f"--lengths must be positive token counts, got {args.lengths!r}")
+    if depths and not all(0.0 <= d <= 1.0 for d in depths):
+        raise ValueError(f"--depths must be fractions in [0, 1] (0 = start, 1 = end), got {args.depths!r}")
+    if "fidelity" in families and args.continuation < 2:
+        raise ValueError(f"--continuation must be >= 2 tokens for fidelity, got {args.continuation}")
+    haystack_file = args.haystack_file
+    if haystack_file is not None:
+        read_text_file(haystack_file, "--haystack-file", "give a text file to use as haystack")
+        haystack_file = str(Path(haystack_file).expanduser())  # unchanged unless it starts with ~
+    if args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():
+        raise ValueError(f"--data-dir {args.data_dir}: no such directory; give the directory of the LongBench "
+                         "<dataset>.jsonl files")
+    out = check_out_dir(args.out, "--out")
     options = TaskOptions(lengths=lengths, depths=depths, samples=args.samples, seed=args.seed,
                           max_new_tokens=args.max_new_tokens, chat=not args.no_chat,
-                          haystack_file=args.haystack_file, data_dir=args.data_dir, continuation=args.continuation)
+                          haystack_file=haystack_file, data_dir=args.data_dir, continuation=args.continuation)
     ratios = parse_csv(args.compression_ratios, float, "--compression-ratios")
     budgets = args.budgets if args.budgets is not None else (None if ratios else DEFAULT_BUDGETS)
     config = EvalConfig(
         task=args.task, methods=parse_csv(args.methods, str, "--methods"), budgets=parse_csv(budgets, int, "--budgets"),
         compression_ratios=ratios,
-        query_agnostic=args.query_agnostic, window=args.window, out=args.out, options=options,
+        query_agnostic=args.query_agnostic, window=args.window, out=out, options=options,
     )
     plan_runs(config)  # unknown methods or budgets fail here, before the model loads
     return config
 
 
+def context_needs(config) -> list[tuple[str, int, int, str]]:
+    """What each task of ``config`` puts in the model's positions, at least: ``(task, prompt tokens, tokens after
+    the prompt, what those are)`` per length, from ``--lengths`` (or each task's default lengths) and
+    ``--max-new-tokens`` (or each task's generation length). Chat templates and questions come on top (needle,
+    code, longbench), so these are lower bounds; a RULER length already includes its generation."""
+    from lavakv.eval.tasks import code, fidelity, longbench, needle, ruler
+
+    options = config.options
+    override = options.max_new_tokens
+    needs: list[tuple[str, int, int, str]] = []
+
+    def add(task: str, defaults: list[int], extra: int, what: str) -> None:
+        needs.extend((task, length, extra, what) for length in options.lengths or defaults)
+
+    new_tokens = "the generation (--max-new-tokens)" if override is not None else "the generation"
+    for family, subs in parse_task_spec(config.task):
+        if family == "needle":
+            add("needle", needle.DEFAULT_LENGTHS, override or 16, new_tokens)
+        elif family == "code":
+            add("code", code.DEFAULT_LENGTHS, override or 64, new_tokens)
+        elif family == "fidelity":
+            add("fidelity", fidelity.DEFAULT_LENGTHS, options.continuation, "--continuation")
+        elif family == "ruler":
+            for sub in subs or ruler.SUBTASKS:
+                kind = "niah" if sub.startswith("niah") else "qa" if sub.startswith("qa") else sub
+                planned = ruler.TOKENS_TO_GENERATE.get(kind, 0)  # inside the length already
+                add(f"ruler/{sub}", ruler.DEFAULT_LENGTHS, max(0, (override or planned) - planned),
+                    "--max-new-tokens beyond RULER's planned generation")
+        elif family == "longbench":
+            datasets = subs or longbench.ENGLISH_16
+            longest = max(longbench.MAX_NEW_TOKENS.get(d, 0) for d in datasets)
+            add("longbench", [longbench.DEFAULT_MAX_LENGTH], override or longest, new_tokens)
+    return needs
+
+
+def check_context(config, model) -> None:
+    """Reject lengths that do not fit the model's context length (right after loading, before any prefill)."""
+    given = bool(config.options.lengths)
+    for task, length, extra, what in context_needs(config):
+        at = "at --lengths" if given else "at its default length (no --lengths given)"
+        flag = "--continuation" if "--continuation" in what else "--max-new-tokens" if "--max" in what else None
+        check_fits(model, length, extra, prompt=f"{task} {at} {length}", new=what,
+                   fix=f"pass smaller --lengths{f' or {flag}' if flag else ''}, or a model with a longer context")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Run (or resume) an evaluation; print where the results are and a summary table."""
+    """Run (or resume) an evaluation; print where the results are and a summary table.
+
+    One ``lavakv eval`` at a time may write to an ``--out`` directory (:func:`lavakv.eval.lock.eval_lock`); a second
+    one is refused before it loads the model.
+    """
+    from lavakv.eval.lock import eval_lock
     from lavakv.eval.report import load_run, table
     from lavakv.eval.runner import run_eval
 
     config = config_from_args(args)
     started = time.perf_counter()
-    model, tokenizer = _load(args.model, args.device, args.dtype)
-    results = run_eval(model, tokenizer, config, model_id=args.model, progress=not args.no_progress)
+    with eval_lock(config.out):
+        model, tokenizer = _load(args.model, args.device, args.dtype)
+        check_context(config, model)
+        results = run_eval(model, tokenizer, config, model_id=args.model, progress=not args.no_progress)
     wall = time.perf_counter() - started
     done = sum(r.status == "finished" for r in results)
     skipped = sum(r.status == "skipped" for r in results)
@@ -80,6 +144,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Print the summary table of result directories and write the plots."""
     from lavakv.eval.report import report
 
+    if args.plots is not None:
+        check_out_dir(args.plots, "--plots")
     text, written = report(args.dirs, plots=args.plots)
     print(text)
     for path in written:

@@ -185,7 +185,13 @@ def first_code_line(prediction: str) -> str:
 
 def code_sim(prediction: str, reference: str, **_) -> float:
     """LongBench ``code_sim_score``: fuzzy ratio of :func:`first_code_line` to the reference, in [0, 1]."""
-    from rapidfuzz import fuzz
+    try:
+        from rapidfuzz import fuzz
+    except ImportError as error:
+        raise ImportError(
+            "code_sim (the code task and LongBench lcc / repobench-p) needs rapidfuzz, part of lavakv's eval extra: "
+            "pip install 'lavakv[eval]'"
+        ) from error
 
     return fuzz.ratio(first_code_line(prediction), reference) / 100.0
 

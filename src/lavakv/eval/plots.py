@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lavakv.plots import new_figure
+from lavakv.plotting import new_figure
 
 MIB = 2**20
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lavakv.eval.plots import MIB, plot_heatmap, plot_lines
-from lavakv.eval.runner import CONFIG, METRICS, PREDICTIONS, PROVENANCE, read_predictions, slug
+from lavakv.eval.runner import CONFIG, METRICS, PREDICTIONS, PROVENANCE, slug
 from lavakv.eval.tasks.longbench import summarize
 
 
@@ -37,17 +37,71 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
     return sorted(set(found))
 
 
+def _damaged(path: Path, problem: str) -> ValueError:
+    return ValueError(f"{path}: damaged results file ({problem}); fix or delete it, or delete the run directory "
+                      f"{path.parent} and rerun `lavakv eval` to redo that run")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise _damaged(path, f"not UTF-8 text: byte 0x{error.object[error.start]:02x} at offset {error.start}"
+                       ) from None
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read it ({error.strerror or error}); check its permissions") from None
+
+
+def _read_json(path: Path, keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The JSON object in ``path``; unparsable, not an object, or without one of ``keys`` -> ValueError naming it."""
+    try:
+        data = json.loads(_read_text(path))
+    except json.JSONDecodeError as error:
+        raise _damaged(path, f"not valid JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
+    if not isinstance(data, dict):
+        raise _damaged(path, f"a JSON {type(data).__name__}, not an object")
+    missing = [key for key in keys if key not in data]
+    if missing:
+        raise _damaged(path, f"no {', '.join(repr(k) for k in missing)}")
+    return data
+
+
+def count_predictions(path: Path) -> int:
+    """The number of records in a predictions file, read only (a torn last line, from a run being written or
+    interrupted, is not counted); a line that is not a JSON object before the last -> ValueError naming it."""
+    if not path.exists():
+        return 0
+    lines = _read_text(path).splitlines()
+    count = 0
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            if number == len(lines):
+                break
+            raise _damaged(path, f"line {number} is not JSON: {error.msg}") from None
+        if not isinstance(record, dict):
+            raise _damaged(path, f"line {number} is a JSON {type(record).__name__}, not an object")
+        count += 1
+    return count
+
+
 def load_run(directory: Path) -> dict[str, Any]:
-    """A run's config, metrics (None while unfinished), provenance and number of predictions."""
-    config = json.loads((directory / CONFIG).read_text())
+    """A run's config, metrics (None while unfinished), provenance and number of predictions; a results file that
+    cannot be parsed -> ValueError naming it."""
+    config = _read_json(directory / CONFIG, ("task", "model", "query_mode", "method"))
+    if not isinstance(config["method"], dict) or "name" not in config["method"]:
+        raise _damaged(directory / CONFIG, "'method' has no 'name'")
     metrics_path = directory / METRICS
     provenance_path = directory / PROVENANCE
     return {
         "directory": directory,
         "config": config,
-        "metrics": json.loads(metrics_path.read_text()) if metrics_path.exists() else None,
-        "provenance": json.loads(provenance_path.read_text()) if provenance_path.exists() else {},
-        "predictions": len(read_predictions(directory / PREDICTIONS)),
+        "metrics": _read_json(metrics_path, ("samples",)) if metrics_path.exists() else None,
+        "provenance": _read_json(provenance_path) if provenance_path.exists() else {},
+        "predictions": count_predictions(directory / PREDICTIONS),
     }
 
 

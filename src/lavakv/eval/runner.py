@@ -17,7 +17,8 @@ computes the new samples (records are matched by sample id; sample ids must be u
 samples reports metrics over those alone but leaves the larger ``metrics.json`` in place; a resumed run appends the
 session (git commit, versions, time) to its provenance. For each sample still missing somewhere, ONE
 ``session.prefill`` fills a compressed cache for every pending run (prefill attention is exact, so each cache
-equals a separate run's), then each cache is decoded greedily on its own (:mod:`lavakv.eval.decode`).
+equals a separate run's), then each cache is decoded greedily on its own, the question fed through it first when
+query-agnostic. Prompt encoding, stop ids and decoding are :mod:`lavakv.generation`'s, as ``lavakv generate`` uses.
 """
 
 from __future__ import annotations
@@ -36,10 +37,10 @@ from typing import Any
 
 import torch
 
-from lavakv.eval.decode import decode_text, feed, greedy_decode, stop_ids
 from lavakv.eval.provenance import collect, now
 from lavakv.eval.tasks import Task, TaskOptions, build_tasks
 from lavakv.eval.tasks.base import Sample
+from lavakv.generation import decode_from_cache, decode_text, stop_ids
 from lavakv.methods import Method, list_methods
 from lavakv.methods import method as make_method
 
@@ -112,7 +113,7 @@ def plan_runs(config: EvalConfig) -> list[Run]:
         if name not in list_methods():
             raise ValueError(f"unknown method {name!r}; choose from: {', '.join(list_methods())}")
         if name == "full":
-            runs.append(Run(make_method("full", window=config.window)))
+            runs.append(Run(make_method("full")))
             continue
         if not config.budgets and not config.compression_ratios:
             raise ValueError(f"method {name!r} needs --budgets or --compression-ratios")
@@ -236,14 +237,12 @@ def evaluate_sample(model, tokenizer, session, task: Task, sample: Sample, metho
     records = []
     for cache in caches:
         start = time.perf_counter()
-        past = len(prefix)
         last = logits
         stats = session.stats(cache)  # right after the compressed prefill
         if agnostic:
-            last = feed(model, cache, ids.rest, past)
-            past += len(ids.rest)
+            last = session.extend(cache, torch.tensor([ids.rest], device=device)).logits[:, -1]
         resident = cache.resident_kv_bytes()  # when decoding starts (the question included when fed after)
-        decoded = greedy_decode(model, cache, last, past=past, max_new_tokens=sample.max_new_tokens, stops=stops)
+        decoded = decode_from_cache(model, cache, last, max_new_tokens=sample.max_new_tokens, stops=stops)
         prediction = decode_text(tokenizer, decoded.tokens)
         records.append({
             "prediction": prediction,
@@ -282,7 +281,7 @@ def run_eval(model, tokenizer, config: EvalConfig, *, model_id: str, progress: b
     torch.manual_seed(config.options.seed)
     attn_implementation = model.config._attn_implementation
     results: list[RunResult] = []
-    full = make_method("full", window=config.window)
+    full = make_method("full")
     session_record = collect(model, model_id, seed=config.options.seed, attn_implementation=attn_implementation)
     session_record["attention_route"] = "lavakv attention function (exact SDPA prefill; kept entries after)"
     later_session = {k: session_record.get(k) for k in ("lavakv_version", "git", "torch", "transformers",

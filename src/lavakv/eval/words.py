@@ -11,7 +11,10 @@ def _read(name: str) -> tuple[str, ...]:
     try:
         files = resources.files("wonderwords.assets")
     except ModuleNotFoundError as error:
-        raise ImportError("the synthetic tasks need the word lists of wonderwords: pip install wonderwords") from error
+        raise ImportError(
+            "the needle and RULER tasks need the word lists of wonderwords, part of lavakv's eval extra: "
+            "pip install 'lavakv[eval]'"
+        ) from error
     text = (files / name).read_text(encoding="utf-8")
     return tuple(w.strip() for w in text.splitlines() if w.strip())
 

@@ -1,8 +1,17 @@
-"""Scorers: one score per (batch, KV head, prompt token); a new scorer is one small file plus one registry line."""
+"""Scorers: one score per (batch, KV head, prompt token); a new scorer is one small file plus one registry line.
+
+A scorer is a function ``fn(inputs: ScoringInputs, *, hyper_parameters...) -> [batch, kv_heads, tokens]`` float32
+with +inf on the observation window and -inf on padding. :func:`resolve_scorer` binds its hyper-parameters once,
+checks their types against the function's annotations and runs it on a small probe so that a bad value is
+reported when the method is built, not in the middle of a prefill.
+"""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -27,6 +36,12 @@ SCORERS: dict[str, Callable[..., torch.Tensor]] = {
     "cake": cake_scores,
 }
 
+#: scorers whose scores are attention mass (non-negative, comparable across layers): the only ones whose score
+#: distribution means something to LAVa's entropy layer allocation
+ATTENTION_MASS_SCORERS = frozenset({"snapkv", "lava", "h2o", "tova", "cake"})
+
+_TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool}
+
 
 def get_scorer(name: str) -> Callable[..., torch.Tensor]:
     """The scorer registered as ``name``: ``fn(inputs: ScoringInputs, **hyper_parameters) -> [b, h_kv, n]``."""
@@ -36,8 +51,60 @@ def get_scorer(name: str) -> Callable[..., torch.Tensor]:
         raise ValueError(f"unknown scorer {name!r}; valid names: {', '.join(sorted(SCORERS))}") from None
 
 
+def scorer_defaults(name: str) -> dict[str, Any]:
+    """The keyword-only hyper-parameters of scorer ``name`` with their defaults."""
+    sig = inspect.signature(get_scorer(name))
+    return {p.name: p.default for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """A scorer with its hyper-parameters bound and validated. Call it with a layer's :class:`ScoringInputs`."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        fn = get_scorer(self.name)
+        defaults = scorer_defaults(self.name)
+        unknown = sorted(set(self.params) - set(defaults))
+        if unknown:
+            raise TypeError(
+                f"unknown parameter(s) {', '.join(unknown)} for scorer {self.name!r}; valid: "
+                f"{', '.join(sorted(defaults)) or 'none'}"
+            )
+        hints = inspect.get_annotations(fn)
+        for key, value in self.params.items():
+            expected = _TYPES.get(str(hints.get(key)))
+            wrong_bool = isinstance(value, bool) and expected is not bool
+            if expected is not None and (wrong_bool or not isinstance(value, expected)):
+                raise TypeError(f"scorer {self.name!r}: {key} must be {hints[key]}, got {value!r}")
+        object.__setattr__(self, "params", {**defaults, **self.params})
+        fn(_probe(), **self.params)  # the scorer's own checks (ValueError naming the fix) run now
+
+    @property
+    def attention_mass(self) -> bool:
+        """Whether scores are attention mass (see :data:`ATTENTION_MASS_SCORERS`)."""
+        return self.name in ATTENTION_MASS_SCORERS
+
+    def __call__(self, inputs: ScoringInputs) -> torch.Tensor:
+        """``[batch, kv_heads, tokens]`` float32 scores of one layer."""
+        return SCORERS[self.name](inputs, **self.params)
+
+
+def _probe() -> ScoringInputs:
+    """A tiny random layer (batch 1, 2 query heads, 1 KV head, 12 tokens, window 2) to validate parameters on."""
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 2, 12, 4, generator=generator)
+    k = torch.randn(1, 1, 12, 4, generator=generator)
+    v = torch.randn(1, 1, 12, 4, generator=generator)
+    return ScoringInputs(q, k, v, torch.ones(1, 12, dtype=torch.bool), 0.5, 2)
+
+
 __all__ = [
+    "ATTENTION_MASS_SCORERS",
     "SCORERS",
+    "Scorer",
     "ScoringInputs",
     "cake_scores",
     "get_scorer",
@@ -45,6 +112,7 @@ __all__ = [
     "knorm_scores",
     "lava_scores",
     "random_scores",
+    "scorer_defaults",
     "snapkv_scores",
     "streaming_scores",
     "tova_scores",

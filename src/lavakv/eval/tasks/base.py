@@ -6,7 +6,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from lavakv.eval.prompting import PromptIds, encode_prompt
+from lavakv.generation import PromptIds, encode_prompt
 
 # Settings that only say how many samples are drawn. They are left out of a run's identity (its config hash), so a
 # larger ``--samples`` extends a finished run with the samples it lacks instead of starting a new one: sample
@@ -72,7 +72,8 @@ class Sample:
     payload: Any = None
 
     def prompt_ids(self, tokenizer) -> PromptIds:
-        """The sample's token ids (see :func:`lavakv.eval.prompting.encode_prompt`)."""
+        """The sample's token ids (see :func:`lavakv.generation.encode_prompt`: exactly
+        ``context + query``, the task's template writing every separator)."""
         return encode_prompt(tokenizer, self.context, self.query, answer_prefix=self.answer_prefix, chat=self.chat)
 
 

@@ -17,7 +17,7 @@ import tokenize
 from typing import Any
 
 from lavakv.eval.metrics import code_sim, first_code_line
-from lavakv.eval.prompting import count_tokens
+from lavakv.generation import count_tokens
 from lavakv.eval.tasks.base import Sample, Task, TaskOptions, resolve
 from lavakv.eval.tasks.sources import read_source, stdlib_files, stdlib_root
 

@@ -10,8 +10,8 @@ uncompressed reference cache. Then:
   continuation token is predicted from the prefill logits, which compression never changes, so it is left out);
 * per compressible layer, the relative error ||y - y_hat||_F / ||y||_F of the attention output (before the output
   projection) of the last ``window`` prompt queries: y attends over every prompt key, y_hat over the entries the
-  layer kept. The window queries are captured during the prefill by wrapping the session's attention route
-  (:data:`lavakv.attention.ROUTES`); the kept entries are read from the cache right after prefill. The kept
+  layer kept. The window queries and the kept entries come from the session's public API
+  (``session.window_queries`` and ``session.kept_entries``), read right after the prefill. The kept
   entries of a head are stored in position order and the window is always kept, so the last ``window`` of them
   are the window (causal among the window queries) and the rest precede every window query; a layer where that
   check fails reports NaN.
@@ -19,7 +19,6 @@ uncompressed reference cache. Then:
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import statistics
@@ -27,8 +26,6 @@ from typing import Any
 
 import torch
 
-from lavakv.attention import ROUTES
-from lavakv.cache import CompressedLayer
 from lavakv.eval.tasks.base import Sample, Task, TaskOptions, resolve
 from lavakv.eval.tasks.sources import read_source, stdlib_files, stdlib_root
 
@@ -100,20 +97,19 @@ class FidelityTask(Task):
         device = next(model.parameters()).device
         ids = torch.tensor([prompt], device=device)  # [1, n]
         everyone = [make_method("full"), *methods]
-        with capture_window_queries(model, max(m.window for m in everyone)) as captured:
-            caches, _ = session.prefill(ids, torch.ones_like(ids), everyone)
+        caches, _ = session.prefill(ids, torch.ones_like(ids), everyone)
         stats = [session.stats(c) for c in caches]
-        errors = [attention_errors(caches[0], cache, captured, m.window) for cache, m in zip(caches, everyone,
-                                                                                         strict=True)]
+        errors = [[]] + [attention_errors(session, caches[0], cache, m.window) for cache, m in zip(caches[1:], methods,
+                                                                                                 strict=True)]
         block = torch.tensor([continuation[:-1]], device=device)  # [1, c - 1]
         targets = torch.tensor(continuation[1:], device=device)  # [c - 1]
         n = len(prompt)
         logprobs = []
         with torch.no_grad():
             for cache in caches:
-                q = block.shape[1]
-                out = model(block, attention_mask=torch.ones(1, n + q, dtype=torch.long, device=device),
-                            position_ids=torch.arange(n, n + q, device=device)[None], cache=cache)
+                with session.extending(cache):
+                    out = model(block, attention_mask=torch.ones(1, n + block.shape[1], dtype=torch.long,
+                                                                 device=device), cache=cache)
                 logprobs.append(torch.log_softmax(out.logits[0].float(), dim=-1))  # [c - 1, vocab]
         reference = logprobs[0]
         nll_full = -reference.gather(1, targets[:, None]).mean()
@@ -135,44 +131,16 @@ class FidelityTask(Task):
         return records
 
 
-@contextlib.contextmanager
-def capture_window_queries(model, window: int):
-    """Record each attention layer's last ``window`` prefill queries ``[batch, q_heads, window, head_dim]`` (post-RoPE)
-    and its softmax scale.
-
-    Yields ``{layer_idx: (queries, scaling)}``, filled by the first multi-token call of each layer. Must be used
-    inside an attached session (it wraps the session's routes and restores them on exit).
-    """
-    captured: dict[int, tuple[torch.Tensor, float]] = {}
-    wrapped = []
-    for module in model.modules():
-        handler = ROUTES.get(module)
-        if handler is None:
-            continue
-
-        def route(mod, query, key, value, attention_mask, _handler=handler, **kwargs):
-            if mod.layer_idx not in captured and query.shape[2] > 1:
-                scaling = float(kwargs.get("scaling") or mod.scaling)
-                captured[mod.layer_idx] = (query[:, :, -window:].detach().clone(), scaling)
-            return _handler(mod, query, key, value, attention_mask, **kwargs)
-
-        ROUTES[module] = route
-        wrapped.append((module, handler))
-    if not wrapped:
-        raise RuntimeError("capture_window_queries needs an attached session (`with method.attach(model)`)")
-    try:
-        yield captured
-    finally:
-        for module, handler in wrapped:
-            ROUTES[module] = handler
-
-
-def _kept(layer: CompressedLayer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A layer's prompt entries right after prefill: K, V ``[b, h, m, d]`` and valid ``[b, h, m]``."""
-    if layer.prefix is not None:
-        return layer.prefix.padded()
-    keys, values = layer.dense.keys, layer.dense.values
-    return keys, values, torch.ones(keys.shape[:3], dtype=torch.bool, device=keys.device)
+def _kept(session, cache, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A layer's prompt entries right after prefill: K, V ``[b, h, m, d]`` padded per head, and valid ``[b, h, m]``."""
+    keys, values, lengths = session.kept_entries(cache, index)
+    b, h = lengths.shape
+    m = int(lengths.max())
+    valid = torch.arange(m, device=keys.device)[None, None, :] < lengths.to(keys.device)[..., None]  # [b, h, m]
+    padded_keys = keys.new_zeros(b, h, m, keys.shape[-1])
+    padded_values = values.new_zeros(b, h, m, values.shape[-1])
+    padded_keys[valid], padded_values[valid] = keys, values
+    return padded_keys, padded_values, valid
 
 
 def _window_attention(q: torch.Tensor, keys, values, valid, positions, scaling: float) -> torch.Tensor:
@@ -187,23 +155,26 @@ def _window_attention(q: torch.Tensor, keys, values, valid, positions, scaling: 
     return torch.einsum("bhgwm,bhmd->bhgwd", probs, values.float())
 
 
-def attention_errors(full_cache, cache, captured: dict[int, tuple[torch.Tensor, float]], window: int) -> list[float]:
-    """Per compressible layer: ||y - y_hat||_F / ||y||_F of the last ``window`` queries' attention outputs."""
+def attention_errors(session, full_cache, cache, window: int) -> list[float]:
+    """Per compressed layer: ||y - y_hat||_F / ||y||_F of the last ``window`` queries' attention outputs.
+
+    ``full_cache`` holds every prompt entry (method ``full``), ``cache`` the compressed selection; both come from
+    one ``session.prefill``.
+    """
     errors = []
-    for index in full_cache.compressible_layers():
-        query, scaling = captured[index]
-        full_layer, layer = full_cache.layers[index], cache.layers[index]
-        keys, values, valid = _kept(full_layer)
+    for index in session.stats(cache).layers:
+        query, scaling = session.window_queries(cache, index)
+        keys, values, valid = _kept(session, full_cache, index)
         n = keys.shape[2]
         w = min(window, n)
         q = query[:, :, -w:]
         # positions relative to the window start: prefix entries < 0 (seen by every window query)
         full_pos = torch.arange(n, device=keys.device) - (n - w)
         y = _window_attention(q, keys, values, valid, full_pos.expand(keys.shape[:3]), scaling)
-        if not layer.compressed:
-            errors.append(0.0)
+        k_kept, v_kept, valid_kept = _kept(session, cache, index)
+        if k_kept.shape == keys.shape and torch.equal(k_kept, keys):
+            errors.append(0.0)  # nothing evicted
             continue
-        k_kept, v_kept, valid_kept = _kept(layer)
         lengths = valid_kept.sum(-1, keepdim=True)  # [b, h, 1]
         slot = torch.arange(k_kept.shape[2], device=keys.device)
         pos = slot[None, None, :] - (lengths - w)  # window entries -> 0..w-1, earlier kept entries < 0

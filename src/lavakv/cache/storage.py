@@ -78,8 +78,12 @@ class DenseKV:
         return self.keys[mask], self.values[mask]
 
     def nbytes(self) -> int:
-        """Bytes of K/V tensors held, slack included."""
-        return self._keys.nbytes + self._values.nbytes
+        """Bytes of the K/V entries held (``length`` tokens per head; growth slack excluded)."""
+        return self.keys.numel() * self._keys.element_size() + self.values.numel() * self._values.element_size()
+
+    def slack_nbytes(self) -> int:
+        """Bytes allocated beyond ``length`` for future appends."""
+        return self._keys.nbytes + self._values.nbytes - self.nbytes()
 
 
 class RaggedKV:

@@ -12,7 +12,7 @@ prefix and tail.
   its own segment with :meth:`RaggedKV.foreign_entries`. It does batch x KV heads times the score arithmetic but a
   fixed, small number of ops, which wins on small layers where per-op overhead dominates.
 * :func:`native_attention` is the CPU decode fast path (one query token, float32 / bfloat16): a C kernel
-  (:mod:`lavakv.native`, compiled at first use) that splits every segment into chunks over the CPU threads and
+  (:mod:`lavakv.attention.native`, compiled at first use) that splits every segment into chunks over the CPU threads and
   merges their partial softmaxes, reading the storage in place.
 * :func:`flash_varlen_attention` is the CUDA fast path when flash-attention is installed.
 * :func:`ragged_attention` runs the path :func:`strategy` picks.
@@ -24,8 +24,8 @@ import functools
 
 import torch
 
-from lavakv import native
-from lavakv.storage import RaggedKV
+from lavakv.attention import native
+from lavakv.cache.storage import RaggedKV
 
 # flat_attention is used while the multiply-adds it spends on other segments' entries stay at most this many
 # (about where it stops beating segment_attention on one CPU thread; benchmarks/decode_kernel.py measures both)
@@ -83,7 +83,7 @@ def strategy(
 
 def native_applies(query: torch.Tensor, prefix: RaggedKV, tail_keys: torch.Tensor, tail_values: torch.Tensor) -> bool:
     """Whether :func:`native_attention` can run: CPU, one query token, float32 / bfloat16 throughout, rows
-    contiguous in their last dimension, and the kernel built (see :mod:`lavakv.native`)."""
+    contiguous in their last dimension, and the kernel built (see :mod:`lavakv.attention.native`)."""
     dtype = query.dtype
     return (
         query.shape[2] == 1

@@ -6,8 +6,6 @@ import math
 
 import torch
 
-from lavakv.scorers.base import ScoringInputs
-
 
 def _prefix_columns(valid_prefix: torch.Tensor) -> int:
     """n - w inferred from ``valid_prefix`` ``[b, n]``: one past the last column any row marks as valid prefix.
@@ -56,10 +54,13 @@ def normalized_entropy(
     return entropy / math.log(entries)
 
 
-def cake_preference(inputs: ScoringInputs, *, tau1_inv: float = 0.5, tau2_inv: float = 0.5) -> torch.Tensor:
-    """CAKE layer preference (Qin et al., ICLR 2025; METHODS.md §3): P_l = H_l^{1/tau1} * V_l^{1/tau2}, per row.
+def cake_preference(
+    window_attention: torch.Tensor, valid_prefix: torch.Tensor, *, tau1_inv: float = 0.5, tau2_inv: float = 0.5
+) -> torch.Tensor:
+    """CAKE layer preference (Qin et al., ICLR 2025; docs/methods.md): P_l = H_l^{1/tau1} * V_l^{1/tau2}, per row.
 
-    From the window attention A ``[b, q_heads, w, n]`` restricted to valid prefix tokens (real, not in the window):
+    From the window attention A ``[b, q_heads, w, n]`` restricted to ``valid_prefix`` ``[b, n]`` (real tokens not in
+    the window):
 
     - H_l, spatial dispersion: entropy of the window-averaged attention renormalised to sum 1 over the valid prefix
       tokens, averaged over query heads (natural log, unnormalised; a head with no prefix mass counts 0);
@@ -71,8 +72,8 @@ def cake_preference(inputs: ScoringInputs, *, tau1_inv: float = 0.5, tau2_inv: f
     """
     if tau1_inv < 0 or tau2_inv < 0:
         raise ValueError(f"tau1_inv and tau2_inv must be >= 0, got {tau1_inv} and {tau2_inv}")
-    attn = inputs.window_attention()  # [b, hq, w, n] float32
-    prefix = (inputs.valid.to(attn.device) & ~inputs.window_mask()[None, :])[:, None, :]  # [b, 1, n]
+    attn = window_attention.float()  # [b, hq, w, n]
+    prefix = valid_prefix.to(attn.device)[:, None, :]  # [b, 1, n]
 
     mean = attn.mean(dim=2).masked_fill(~prefix, 0.0)  # [b, hq, n]
     mass = mean.sum(dim=-1, keepdim=True)  # [b, hq, 1]

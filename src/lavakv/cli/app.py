@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from lavakv.cli_support import check_model_request, parse_csv
-from lavakv.generation import GenerationResult, generate, generate_many
+from lavakv.cli.arguments import check_fits, check_model_request, check_out_dir, parse_csv, read_text_file
+from lavakv.generation import GenerationResult, generate, generate_many, prompt_ids
 from lavakv.haystack import answer_correct, build_haystack
 from lavakv.methods import Method, describe, list_methods, method
 from lavakv.models import MODELS, ModelNotInstalledError, default_model_name, load_model
@@ -33,8 +33,10 @@ MIB = 2**20
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEMO_METHODS = "lava,ada-snapkv,snapkv,streamingllm"
 DEMO_BUDGETS = "64,256,512"
+DEMO_FILES = ("demo_results.json", "demo_memory.png")
 BENCH_METHODS = "lava,ada-snapkv,snapkv"
 BENCH_BUDGETS = "128,1024"
+BENCH_FILES = ("bench_results.json",)
 #: Exceptions that mean "the input was wrong": exit code 2, one line, no traceback.
 USER_ERRORS = (ValueError, TypeError, OSError, ImportError, ModelNotInstalledError)
 
@@ -49,34 +51,42 @@ class _Parser(argparse.ArgumentParser):
 
 
 # -- helpers --------------------------------------------------------------------------------------------------------
-def _build_method(name: str, budget: int | None, ratio: float | None, window: int) -> Method:
+def _build_method(name: str, budget: int | None, ratio: float | None, window: int, budget_flag: str = "--budget"
+                  ) -> Method:
+    """The method ``name``; bad settings -> ValueError whose fix names the command-line options."""
     if name == "full":
         if budget is not None or ratio is not None:
             raise ValueError("method 'full' does not compress: drop --budget / --compression-ratio")
-        return method("full", window=window)
+        return method("full")  # no window: nothing is compressed
     if budget is None and ratio is None:
         raise ValueError(f"method {name!r} needs --budget N (tokens per KV head) or --compression-ratio R")
-    return method(name, budget=budget, compression_ratio=ratio, window=window)
+    try:
+        return method(name, budget=budget, compression_ratio=ratio, window=window)
+    except ValueError as error:  # the library names its keyword arguments; say which options to change
+        text = str(error)
+        for keyword, flag in (("compression_ratio=", "--compression-ratio"), ("budget=", budget_flag),
+                              ("use budget ", f"use {budget_flag} "), ("window=", "--window")):
+            text = text.replace(keyword, flag)
+        raise ValueError(text) from None
 
 
 def _load(name: str, device: str, dtype: str):
     """Check the model name and device, then load ``(model, tokenizer)``."""
-    check_model_request(name, device, list(MODELS))
+    source = check_model_request(name, device, list(MODELS))
     logger.info("loading %s (%s, %s)", name, dtype, device)
     started = time.perf_counter()
-    model, tokenizer = load_model(name, dtype=DTYPES[dtype], device=device)
+    model, tokenizer = load_model(source, dtype=DTYPES[dtype], device=device)
     logger.info("loaded %s in %.1f s", name, time.perf_counter() - started)
     return model, tokenizer
 
 
 def _read_context(path: str) -> str:
-    file = Path(path)
-    if not file.is_file():
-        raise ValueError(f"context file {path!r} does not exist (or is not a file)")
-    text = file.read_text(encoding="utf-8")
-    if not text.strip():
-        raise ValueError(f"context file {path!r} is empty: give a file with the text to answer from")
-    return text
+    return read_text_file(path, "context file", "give a file with the text to answer from")
+
+
+def _check_positive(value: int | None, flag: str) -> None:
+    if value is not None and value < 1:
+        raise ValueError(f"{flag} must be >= 1, got {value}")
 
 
 def _percent(part: float, whole: float) -> str:
@@ -126,7 +136,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ValueError("--question is empty")
     if args.query_agnostic and args.question is None:
         raise ValueError("--query-agnostic needs --question (the context is compressed before the question)")
+    _check_positive(args.max_new_tokens, "--max-new-tokens")
     model, tokenizer = _load(args.model, args.device, args.dtype)
+    whole, context_ids, rest_ids = prompt_ids(tokenizer, context, args.question, answer_prefix=args.answer_prefix,
+                                              chat=not args.no_chat)
+    prompt_tokens = len(context_ids) + len(rest_ids) if args.query_agnostic else len(whole)
+    check_fits(model, prompt_tokens, args.max_new_tokens, prompt="the prompt", new="--max-new-tokens",
+               fix="shorten the context or lower --max-new-tokens")
     result = generate(
         model, tokenizer, context, question=args.question, method=m, max_new_tokens=args.max_new_tokens,
         query_agnostic=args.query_agnostic, chat=not args.no_chat, answer_prefix=args.answer_prefix,
@@ -140,13 +156,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Needle in a haystack: uncompressed vs each method at each budget; table, PNG chart and JSON."""
     names = [n for n in parse_csv(args.methods, str, "--methods") if n != "full"]
     budgets = parse_csv(args.budgets, int, "--budgets")
-    runs: list[tuple[str, int | None, Method]] = [("full", None, method("full", window=args.window))]
-    runs += [(n, b, _build_method(n, b, None, args.window)) for n in names for b in budgets]  # validate first
-    if args.tokens < 1:
-        raise ValueError(f"--tokens must be >= 1, got {args.tokens}")
+    runs: list[tuple[str, int | None, Method]] = [("full", None, method("full"))]
+    runs += [(n, b, _build_method(n, b, None, args.window, "--budgets")) for n in names for b in budgets]
+    _check_positive(args.tokens, "--tokens")
+    _check_positive(args.max_new_tokens, "--max-new-tokens")
+    if not 0.0 <= args.depth <= 1.0:
+        raise ValueError(f"--depth must be a fraction in [0, 1] (0 = start, 1 = end), got {args.depth}")
+    check_out_dir(args.out, "--out", DEMO_FILES)
     started = time.perf_counter()
     model, tokenizer = _load(args.model, args.device, args.dtype)
+    fix = "lower --tokens or --max-new-tokens"
+    check_fits(model, args.tokens, args.max_new_tokens, prompt="the haystack (--tokens)", new="--max-new-tokens",
+               fix=fix)
     hay = build_haystack(tokenizer, args.tokens, depth=args.depth, seed=args.seed)
+    whole, context_ids, rest_ids = prompt_ids(tokenizer, hay.context, hay.question, answer_prefix=hay.answer_prefix)
+    check_fits(model, len(context_ids) + len(rest_ids) if args.query_agnostic else len(whole), args.max_new_tokens,
+               prompt="the prompt (haystack, question and template)", new="--max-new-tokens", fix=fix)
     logger.info("haystack: %d tokens, needle at depth %.2f, answer %s", hay.tokens, hay.depth, hay.answer)
     with torch.no_grad():  # warm-up, so the first timed run does not pay one-time costs
         warm = tokenizer(hay.context[:200], return_tensors="pt")["input_ids"][:, :32].to(model.device)
@@ -192,7 +217,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(format_table(["method", "budget", "correct", "kept entries", "KV MiB", "of full", "prefill s",
                         "decode ms/tok", "1st-token logits vs full", "answer"], table))
 
-    out = Path(args.out)
+    out = Path(args.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     results = {
         "model": args.model, "mode": mode, "haystack_tokens": hay.tokens, "depth": hay.depth, "seed": args.seed,
@@ -207,7 +232,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     json_path.write_text(json.dumps(results, indent=2))
     print(f"results: {json_path}")
     try:
-        from lavakv.plots import plot_demo_memory
+        from lavakv.plotting import plot_demo_memory
 
         title = f"{args.model}: resident KV cache, needle in {hay.tokens}-token haystack ({mode})"
         print(f"chart: {plot_demo_memory(rows, out / 'demo_memory.png', title=title)}")
@@ -219,20 +244,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Resident KV, compression time and decode time per token of each method x budget at each prompt length."""
+    from lavakv.attention.native import cpu_model
     from lavakv.bench import measure
-    from lavakv.native import cpu_model
 
     lengths = parse_csv(args.tokens, int, "--tokens")
     if any(n < 1 for n in lengths):
         raise ValueError(f"--tokens must be positive token counts, got {args.tokens!r}")
     names = [n for n in parse_csv(args.methods, str, "--methods") if n != "full"]
     budgets = parse_csv(args.budgets, int, "--budgets")
-    methods = [_build_method(n, b, None, args.window) for n in names for b in budgets]  # validate first
-    if args.decode_steps < 1:
-        raise ValueError(f"--decode-steps must be >= 1, got {args.decode_steps}")
-    if args.threads:
+    methods = [_build_method(n, b, None, args.window, "--budgets") for n in names for b in budgets]  # validate first
+    _check_positive(args.decode_steps, "--decode-steps")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads} (leave it out for torch's choice)")
+    check_out_dir(args.out, "--out", BENCH_FILES)
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     model, tokenizer = _load(args.model, args.device, args.dtype)
+    # each cache holds the prompt, then 2 untimed and --decode-steps timed decode tokens
+    check_fits(model, max(lengths), args.decode_steps + 2, prompt="the longest --tokens prompt",
+               new="decoding (--decode-steps + 2 warm-up steps)", fix="lower --tokens or --decode-steps")
     hay = build_haystack(tokenizer, max(lengths) + 64, seed=args.seed)  # natural text, cut to each length below
     all_ids = tokenizer(hay.context, return_tensors="pt", add_special_tokens=False)["input_ids"].to(model.device)
     if all_ids.shape[1] < max(lengths):
@@ -255,7 +285,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
           f"{args.decode_steps} decode steps per cache, alternated across caches")
     print(format_table(["tokens", "cache", "kept entries", "KV MiB", "of full", "compression / prefill",
                         "decode ms/tok (p10-p90)", "decode vs full"], table))
-    out = Path(args.out)
+    out = Path(args.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     path = out / "bench_results.json"
     path.write_text(json.dumps({
@@ -349,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=BENCH_METHODS, help="comma-separated presets (default: %(default)s)")
     p.add_argument("--budgets", default=BENCH_BUDGETS, help="comma-separated budgets (default: %(default)s)")
     p.add_argument("--decode-steps", type=int, default=10, help="timed decode steps per cache (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads, >= 1 (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0, help="prompt text seed (default: %(default)s)")
     p.add_argument("--out", default="bench_out", help="output directory (default: %(default)s)")
     p.set_defaults(run=cmd_bench)

@@ -1,44 +1,14 @@
-"""Attention over compressed layers, and lavakv's entry in transformers' attention-function registry.
+"""Masks for attention over compressed layers, derived from the logical mask transformers builds.
 
-Two paths, both exact over the entries a layer holds:
-
-* dense layers (every head the same length) go through transformers' SDPA function with a boolean mask built
-  from the logical mask transformers made (prompt columns -> all kept entries visible, later columns -> tail);
-* ragged layers use :mod:`lavakv.ragged_attention` (pure PyTorch, any device, any mix of head lengths, GQA group
-  and batch, reading the flat per-head storage in place; flash-attention varlen on CUDA when installed).
-
-Modules that lavakv does not route (no session attached, or a cache that is not lavakv's) fall through to SDPA,
-so an attached model with a plain cache behaves as with ``attn_implementation="sdpa"``.
+transformers builds masks over *logical* columns (every prompt position, then every decoded token). A compressed
+layer stores only its kept prompt entries followed by the decoded tail, so the mask of the stored entries is:
+every kept prompt entry visible (they all precede the new queries), then the logical mask's columns after the
+prompt for the tail.
 """
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Callable
-
 import torch
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-ATTENTION_NAME = "lavakv"
-
-# attention module -> handler installed by an attached session (weak: never keeps a model alive)
-ROUTES: weakref.WeakKeyDictionary[torch.nn.Module, Callable] = weakref.WeakKeyDictionary()
-
-
-def lavakv_attention(module: torch.nn.Module, query, key, value, attention_mask, **kwargs):
-    """Attention function registered with transformers as ``"lavakv"``; dispatches to the attached session."""
-    handler = ROUTES.get(module)
-    if handler is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    return handler(module, query, key, value, attention_mask, **kwargs)
-
-
-def register() -> None:
-    """Register ``"lavakv"`` in transformers' attention and mask registries (idempotent)."""
-    ALL_ATTENTION_FUNCTIONS.register(ATTENTION_NAME, lavakv_attention)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION_NAME, sdpa_mask)
 
 
 def _as_bool_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -83,3 +53,12 @@ def dense_mask(
         return None
     prompt = torch.ones(tail.shape[0], 1, q_len, prompt_entries, dtype=torch.bool, device=device)
     return torch.cat([prompt, tail], dim=-1).expand(batch, 1, q_len, total)
+
+
+def valid_tokens(attention_mask: torch.Tensor | None, key: torch.Tensor) -> torch.Tensor:
+    """``[batch, tokens]`` bool real-token mask of a prefill, read from the last query row of its 4-D mask."""
+    b, _, n, _ = key.shape
+    if attention_mask is None:
+        return torch.ones(b, n, dtype=torch.bool, device=key.device)
+    last = _as_bool_mask(attention_mask[:, 0, -1, :])
+    return last.expand(b, n)

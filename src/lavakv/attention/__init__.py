@@ -1,0 +1,1 @@
+"""Attention over compressed layers: the function registered with transformers, masks, ragged kernels."""

@@ -1,0 +1,210 @@
+"""The compressor: all compression state of one cache, and the one operation that evicts entries.
+
+A :class:`Compressor` belongs to one :class:`~lavakv.cache.CompressedCache`. Its operation
+:meth:`Compressor.compress` — compress these layers to these budgets, scoring with these window queries — is
+usable at any moment a layer holds uncompressed entries. Callers:
+
+1. the prefill path, :meth:`Compressor.prefill_layer`, right after a layer's exact prefill (the session's forward
+   hook on the attention module calls it). Static layer allocations (uniform, pyramid) know the layer's budget
+   at once. Cascades (LAVa, CAKE; docs/methods.md) learn one statistic per layer; after each layer they re-budget
+   every layer seen so far and truncate earlier layers from the sorted scores of their kept candidates only
+   (budgets only shrink, so no re-scoring);
+2. later: chunked prefill and decode-time eviction (planned).
+
+Nothing here sets attributes on the cache: storage changes go through ``CompressedLayer.replace_prompt``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import weakref
+from dataclasses import dataclass
+
+import torch
+
+from lavakv.cache.compressed import CompressedCache, CompressedLayer
+from lavakv.cache.storage import compact
+from lavakv.runtime.components import Components
+from lavakv.scorers.base import ScoringInputs
+
+logger = logging.getLogger(__name__)
+
+TRUNCATE_SLACK = 0.8  # cascade: re-truncate an earlier layer once its budget drops below 80 % of its stored one
+
+
+@dataclass
+class _Candidates:
+    """A cascade layer's state between re-budgets: which positions its slots hold, and their scores."""
+
+    slots: torch.Tensor | None  # [b, h, n] bool, None while the layer holds every position
+    scores: torch.Tensor  # flat scores of the slots (or the full [b, h, n] scores when slots is None)
+
+    def full_scores(self) -> torch.Tensor:
+        if self.slots is None:
+            return self.scores
+        out = torch.full(self.slots.shape, float("-inf"), device=self.scores.device)
+        return out.masked_scatter(self.slots, self.scores)
+
+
+class Compressor:
+    """Compression state of one cache: budgets, cascade statistics and candidates, window queries, timing.
+
+    Attributes:
+        components: the method's components, or None for no compression (statistics are still kept).
+        real_tokens: ``[batch]`` real (non-padding) prompt tokens, once the prompt's prefill started.
+        budget: ``[batch]`` B per sequence (window included); ``active``: ``[batch]`` rows that evict anything.
+        layers: the layers compressed for this prompt (full attention, or sliding with the prompt inside the window).
+        budgets: layer -> ``[batch]`` current prefix budget B_l (window excluded).
+        statistics: layer -> ``[batch]`` cascade statistic (LAVa entropy, CAKE preference), in layer order.
+        window_queries: layer -> ``[batch, q_heads, w, head_dim]`` the last ``window`` prefill queries (a copy).
+        scaling: layer -> the softmax scale the layer used.
+        seconds: compression time, shared window attention charged in full to each cache that reads it.
+        wall_seconds: compression time this cache actually spent.
+    """
+
+    def __init__(self, components: Components | None, cache: CompressedCache) -> None:
+        self.components = components
+        self._cache = weakref.ref(cache)
+        self.real_tokens: torch.Tensor | None = None
+        self.budget: torch.Tensor | None = None
+        self.active: torch.Tensor | None = None
+        self.layers: list[int] = []
+        self.budgets: dict[int, torch.Tensor] = {}
+        self.statistics: dict[int, torch.Tensor] = {}
+        self.window_queries: dict[int, torch.Tensor] = {}
+        self.scaling: dict[int, float] = {}
+        self.seconds = 0.0
+        self.wall_seconds = 0.0
+        self._candidates: dict[int, _Candidates] = {}
+        self._compacted_at: dict[int, torch.Tensor] = {}
+        self._observed: list[int] = []
+
+    @property
+    def cache(self) -> CompressedCache:
+        cache = self._cache()
+        if cache is None:
+            raise RuntimeError("lavakv: the compressor's cache no longer exists")
+        return cache
+
+    @property
+    def window(self) -> int:
+        return self.components.window if self.components is not None else 0
+
+    def start_prompt(self, valid: torch.Tensor) -> None:
+        """Set the prompt's real tokens, budgets and compressed layers from ``valid [batch, tokens]`` bool."""
+        self.real_tokens = valid.sum(-1)
+        self.layers = self.cache.layers_fitting(valid.shape[-1])
+        if self.components is not None:
+            self.budget, self.active = self.components.row_budgets(self.real_tokens)
+
+    # -- the prefill path -----------------------------------------------------------------------------------------
+    def prefill_layer(self, layer_idx: int, inputs: ScoringInputs) -> None:
+        """Compress layer ``layer_idx`` right after its exact prefill (and re-budget earlier layers of a cascade).
+
+        ``inputs`` may be shared with other caches filled by the same prefill: its window attention is computed
+        once, and charged in full to every cache that reads it (``seconds``).
+        """
+        if self.real_tokens is None:
+            self.start_prompt(inputs.valid)
+        self._observed.append(layer_idx)
+        if self.components is not None and inputs.tokens > 0:
+            self.window_queries[layer_idx] = inputs.window_queries().detach().clone()
+            self.scaling[layer_idx] = inputs.scaling
+        if self.components is None or not bool(self.active.any()):
+            return
+        reads, spent = inputs.window_reads, inputs.window_seconds
+        start = time.perf_counter()
+        with torch.no_grad():
+            self._prefill_layer(layer_idx, inputs)
+        wall = time.perf_counter() - start
+        self.wall_seconds += wall
+        own = wall - (inputs.window_seconds - spent)
+        self.seconds += own + (inputs.window_seconds if inputs.window_reads > reads else 0.0)
+
+    def _prefill_layer(self, layer_idx: int, inputs: ScoringInputs) -> None:
+        c = self.components
+        scores = c.scorer(inputs)
+        mean = (self.budget - c.window).clamp_min(0)  # [b] B - w
+        if not c.layers.cascade:
+            budget = c.layers.budgets(len(self.layers), mean)[self.layers.index(layer_idx)]
+            self.budgets[layer_idx] = budget
+            self._select(layer_idx, scores, budget, keep_candidates=False)
+            return
+        valid_prefix = inputs.valid & ~inputs.window_mask()[None, :]
+        source = scores if c.layers.reads == "scores" else inputs.window_attention()
+        statistic = c.layers.statistic(source, valid_prefix, inputs.window)
+        if statistic.min() < 0 or not bool(torch.isfinite(statistic).all()):
+            raise ValueError(
+                f"layer allocation of {c.name!r} needs a non-negative finite statistic; scorer {c.scorer.name!r} gave "
+                f"{statistic.tolist()}; use an attention scorer (lava, snapkv, cake) with it"
+            )
+        self.statistics[layer_idx] = statistic
+        self._candidates[layer_idx] = _Candidates(None, scores)
+        seen = list(self.statistics)
+        budgets = c.layers.budgets(torch.stack([self.statistics[j] for j in seen]), mean * len(self.layers))
+        final = len(seen) == len(self.layers)
+        for j, budget in zip(seen, budgets, strict=True):
+            self.budgets[j] = budget
+            stored = self._compacted_at.get(j)
+            # Truncate an earlier layer only when its budget fell below TRUNCATE_SLACK of the budget it was last
+            # compacted to (or at the end): the result is the same (candidates only shrink) and earlier layers
+            # never hold more than 1/TRUNCATE_SLACK of their current budget, with O(L log L) compactions.
+            if not final and j != layer_idx and stored is not None and bool((budget >= TRUNCATE_SLACK * stored).all()):
+                continue
+            if self._select(j, None, budget, keep_candidates=True):
+                self._compacted_at[j] = budget
+        if final:
+            self._candidates.clear()  # cascade finished: budgets are final
+
+    # -- the operation ----------------------------------------------------------------------------------------------
+    def compress(self, budgets: dict[int, torch.Tensor], inputs: dict[int, ScoringInputs]) -> None:
+        """Compress each layer ``l`` of ``budgets`` to ``budgets[l]`` (``[batch]`` prefix tokens per KV head, window
+        excluded), scoring it from ``inputs[l]`` (its window queries and the K/V the layer holds).
+
+        The layers must hold uncompressed entries (as after a prefill or a prefill chunk): re-compressing a layer
+        that already holds a compressed selection plus decoded tokens is not supported yet and raises.
+        """
+        if self.components is None:
+            raise ValueError("this cache's method is 'full': it has no scorer to compress with")
+        for layer_idx, budget in budgets.items():
+            layer = self.cache.layers[layer_idx]
+            if not isinstance(layer, CompressedLayer) or not layer.compressible:
+                raise ValueError(f"layer {layer_idx} is not a compressible layer of this cache")
+            if layer.compressed or layer.dense is None or layer.dense.length != inputs[layer_idx].tokens:
+                raise NotImplementedError(
+                    f"layer {layer_idx} already holds a compressed selection or decoded tokens; compressing it again "
+                    "(decode-time eviction) is not supported yet"
+                )
+            if self.real_tokens is None:
+                self.start_prompt(inputs[layer_idx].valid)
+            with torch.no_grad():
+                scores = self.components.scorer(inputs[layer_idx])
+                self.budgets[layer_idx] = budget
+                self._select(layer_idx, scores, budget, keep_candidates=False)
+
+    def _select(self, layer_idx: int, scores: torch.Tensor | None, budget: torch.Tensor, keep_candidates: bool) -> bool:
+        """Keep the allocated entries of one layer; truncate if it was already compressed.
+
+        Returns whether the layer now holds a compacted selection (False: it still holds every position).
+        """
+        c = self.components
+        layer: CompressedLayer = self.cache.layers[layer_idx]
+        candidates = self._candidates.get(layer_idx) if keep_candidates else None
+        full = scores if candidates is None else candidates.full_scores()  # [b, h, n]
+        valid = full != float("-inf")
+        keep_all = ~self.active | (budget >= (self.real_tokens - c.window))  # rows whose budget covers the prefix
+        keep = c.heads(full, budget.clamp_min(0), c.window, (self.budget - c.window).clamp_min(0))
+        keep = torch.where(keep_all[:, None, None], valid, keep)
+        slots = candidates.slots if candidates is not None else None
+        if slots is None and not layer.compressed and bool(keep_all.all()):
+            return False  # nothing evicted: the layer stays exactly as prefill left it (padding included)
+        if slots is not None and torch.equal(keep, slots):
+            return True
+        subset = keep.reshape(-1) if slots is None else keep[slots]
+        keys, values = (layer.dense or layer.prefix).select(subset)
+        lengths = keep.sum(-1)
+        layer.replace_prompt(compact(keys, values, lengths), lengths, prompt_columns=full.shape[-1])
+        if keep_candidates:
+            self._candidates[layer_idx] = _Candidates(keep, full[keep])
+        return True

@@ -1,0 +1,378 @@
+"""A session: a method attached to a model, the caches it makes, and the hooks that drive their compressors.
+
+Control flows down from here. Attaching installs, for the duration of the ``with`` block:
+
+* lavakv's attention function (:mod:`lavakv.attention.dispatch`) as the model's attention implementation; it only
+  attends (and hands a layer's prefill queries to the layer);
+* a forward pre-hook on the model that checks the inputs against the cache (empty prompt, right padding, a second
+  multi-token call on a filled cache, ``output_attentions``) before any work;
+* a forward hook on every attention module that, right after a layer's exact prefill, asks the cache's
+  :class:`~lavakv.runtime.compressor.Compressor` to compress that layer (and, for several caches filled by one
+  prefill, copies the layer's K/V into the others and compresses each with its own method).
+
+One session per model at a time; a cache works only while its session is attached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from lavakv.attention.dispatch import ATTENTION_NAME, register
+from lavakv.cache.compressed import CompressedCache, CompressedLayer
+from lavakv.models.support import check_supported
+from lavakv.runtime.components import Components, Resolvable
+from lavakv.runtime.compressor import Compressor
+from lavakv.scorers.base import ScoringInputs
+
+logger = logging.getLogger(__name__)
+
+# model -> its attached session (weak: never keeps a model alive); one session per model at a time
+_ATTACHED: weakref.WeakKeyDictionary[torch.nn.Module, Session] = weakref.WeakKeyDictionary()
+_ATTACH_LOCK = threading.Lock()
+
+
+@dataclass
+class SessionStats:
+    """What a cache's prefill kept and what the cache holds now.
+
+    Attributes:
+        kept_tokens: per compressed layer, ``LongTensor[batch, kv_heads]`` prompt entries kept (padding excluded).
+        resident_kv_bytes: bytes of K/V entries the cache holds now, measured from the tensors (growth slack of
+            decode buffers excluded, so it is never above ``uncompressed_kv_bytes`` for the same entries).
+        slack_kv_bytes: bytes allocated ahead for decoded tokens (buffer headroom), not holding entries yet.
+        uncompressed_kv_bytes: what the same cache would hold without compression.
+        prompt_tokens: ``[batch]`` real (non-padding) prompt tokens.
+        layer_budgets: per compressed layer, ``[batch]`` final prefix budget B_l (window excluded), or None.
+        layer_statistics: per compressed layer, ``[batch]`` cascade statistic (LAVa entropy, CAKE preference).
+        layers: indices of the compressed layers, aligned with the lists above.
+        compression_seconds: wall time spent scoring, allocating and compacting during prefill. When one prefill
+            fills several caches, the window attention they share is charged in full to each method that reads
+            it, so every method's figure is what it would cost alone.
+        shared_prefill_seconds: the compression wall time this cache actually took in its prefill, the shared
+            window attention counted only where it was computed (summed over a prefill's caches: its total
+            compression time). Equals ``compression_seconds`` for a cache prefilled alone.
+    """
+
+    kept_tokens: list[torch.Tensor]
+    resident_kv_bytes: int
+    slack_kv_bytes: int
+    uncompressed_kv_bytes: int
+    prompt_tokens: torch.Tensor | None
+    layer_budgets: list[torch.Tensor] | None
+    layer_statistics: list[torch.Tensor] | None
+    layers: list[int]
+    compression_seconds: float
+    shared_prefill_seconds: float
+
+    @property
+    def kept_entries(self) -> int:
+        """Total prompt entries kept, all layers, heads and sequences."""
+        return int(sum(int(k.sum()) for k in self.kept_tokens))
+
+
+def attach(method: Resolvable, model: torch.nn.Module) -> Session:
+    """``Session(method, model)``: use as ``with lavakv.attach(method, model) as session:``."""
+    return Session(method, model)
+
+
+class Session:
+    """A method attached to a model. Use as a context manager; everything installed is removed on exit.
+
+    Inside the ``with`` block the model's attention implementation is lavakv's (SDPA for anything that is not a
+    lavakv cache layer, so a plain cache gives the same results as ``attn_implementation="sdpa"``).
+    """
+
+    def __init__(self, method: Resolvable, model: torch.nn.Module) -> None:
+        _check_not_compiled(model)
+        check_supported(model)
+        self.method = method
+        self.model = model
+        self._components = method.resolve()
+        self._live = False
+        self._previous_impl: str | None = None
+        self._hooks: list = []
+        self._compressors: weakref.WeakKeyDictionary[CompressedCache, Compressor] = weakref.WeakKeyDictionary()
+        self._followers: weakref.WeakKeyDictionary[CompressedCache, list[CompressedCache]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._extending: weakref.WeakSet[CompressedCache] = weakref.WeakSet()
+        self._warned: weakref.WeakSet[CompressedCache] = weakref.WeakSet()
+        self._last: CompressedCache | None = None
+
+    # -- installation -------------------------------------------------------------------------------------------
+    def __enter__(self) -> Session:
+        with _ATTACH_LOCK:
+            other = _ATTACHED.get(self.model)
+            if other is not None:
+                raise RuntimeError(
+                    f"this model already has a lavakv session attached ({_describe(other)}); exit that `with` block "
+                    "first: one session per model at a time (several methods can share one prefill through "
+                    "session.prefill(ids, mask, methods))"
+                )
+            _ATTACHED[self.model] = self
+        register()
+        self._previous_impl = self.model.config._attn_implementation
+        self.model.set_attn_implementation(ATTENTION_NAME)
+        self._hooks.append(self.model.register_forward_pre_hook(self._check_inputs, with_kwargs=True))
+        self._hooks.append(self.model.register_forward_hook(self._after_forward, with_kwargs=True))
+        for module in self.model.modules():
+            if hasattr(module, "layer_idx") and type(module).__name__.endswith("Attention"):
+                self._hooks.append(module.register_forward_hook(self._after_attention, with_kwargs=True))
+        self._live = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._live = False
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        if self._previous_impl is not None:
+            self.model.set_attn_implementation(self._previous_impl)
+            self._previous_impl = None
+        with _ATTACH_LOCK:
+            if _ATTACHED.get(self.model) is self:
+                del _ATTACHED[self.model]
+
+    def check_cache_usable(self, cache: CompressedCache) -> None:
+        """Raise unless this session is attached (called by the cache before it stores anything)."""
+        if not self._live:
+            raise RuntimeError(
+                "this lavakv cache belongs to a session that is not attached (its `with` block has exited); use the "
+                "cache inside `with method.attach(model) as session:`"
+            )
+
+    # -- caches -------------------------------------------------------------------------------------------------
+    def cache(self, method: Resolvable | None = None) -> CompressedCache:
+        """A fresh compressed cache for one prompt (pass it as ``past_key_values``).
+
+        ``method`` defaults to the session's; any method may be given, since decoding over a compressed cache
+        does not depend on how it was compressed.
+        """
+        if not self._live:
+            raise RuntimeError("session.cache() must be called inside `with method.attach(model) as session:`")
+        components = self._components if method is None else method.resolve()
+        cache = CompressedCache(self.model.config, self)
+        self._compressors[cache] = Compressor(components, cache)
+        self._last = cache
+        return cache
+
+    def compressor(self, cache: CompressedCache) -> Compressor:
+        """The compressor of a cache this session made."""
+        try:
+            return self._compressors[cache]
+        except (KeyError, TypeError):
+            raise ValueError("this cache was not made by this session: use session.cache()") from None
+
+    def prefill(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, methods: list[Resolvable]
+    ) -> tuple[list[CompressedCache], torch.Tensor]:
+        """One exact prefill that fills a compressed cache per method.
+
+        Prefill attention is exact whatever the method, so every layer's K/V, queries and hence scores are the
+        same for all methods: each layer is computed once and each cache compacts it with its own method. The
+        caches are identical to running each method alone.
+
+        Args:
+            input_ids: ``[batch, tokens]``; attention_mask: ``[batch, tokens]`` (left padding) or None.
+        Returns:
+            the caches (aligned with ``methods``) and the last prompt position's logits ``[batch, vocab]``.
+        """
+        if not methods:
+            raise ValueError("prefill needs at least one method")
+        caches = [self.cache(m) for m in methods]
+        self._followers[caches[0]] = caches[1:]
+        try:
+            with torch.no_grad():
+                logits = self.model(
+                    input_ids, attention_mask=attention_mask, cache=caches[0], logits_to_keep=1
+                ).logits[:, -1]
+        finally:
+            del self._followers[caches[0]]
+        for i, layer in enumerate(caches[0].layers):  # layers lavakv does not compress (e.g. sliding past window)
+            if not (isinstance(layer, CompressedLayer) and layer.compressible):
+                for follower in caches[1:]:
+                    follower.copy_layer_from(caches[0], i)
+        return caches, logits
+
+    @contextlib.contextmanager
+    def extending(self, cache: CompressedCache) -> Iterator[None]:
+        """Inside this block, multi-token forward calls on ``cache`` append tokens without compressing them.
+
+        For feeding a question (or any continuation) through an already compressed context: query-agnostic use.
+        Outside it, a second multi-token call on a filled cache is refused (it would not be compressed).
+        """
+        self.compressor(cache)
+        self._extending.add(cache)
+        try:
+            yield
+        finally:
+            self._extending.discard(cache)
+
+    def extend(self, cache: CompressedCache, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        """Feed ``input_ids [batch, new]`` through the compressed ``cache`` without compressing them.
+
+        ``attention_mask`` covers the whole sequence so far plus the new tokens (``[batch, held + new]``); default
+        all ones. Returns the model output (logits of the last position only).
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones(
+                input_ids.shape[0], cache.get_seq_length() + input_ids.shape[1], dtype=torch.long,
+                device=input_ids.device,
+            )
+        with self.extending(cache), torch.no_grad():
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, cache=cache,
+                              logits_to_keep=1)
+
+    # -- what a cache holds -------------------------------------------------------------------------------------------
+    def stats(self, cache: CompressedCache | None = None) -> SessionStats:
+        """Statistics of ``cache`` (default: the last cache made by :meth:`cache`)."""
+        if cache is None:
+            cache = self._last
+            if cache is None:
+                raise RuntimeError("no cache yet: call session.cache() and run the model first")
+        state = self.compressor(cache)
+        layers = state.layers if state.real_tokens is not None else cache.compressible_layers()
+        kept = []
+        for i in layers:
+            layer = cache.layers[i]
+            if layer.kept_prompt is not None:
+                kept.append(layer.kept_prompt.clone())
+            elif state.real_tokens is not None:
+                kept.append(state.real_tokens[:, None].expand(-1, layer.kv_heads).clone())
+            else:
+                kept.append(torch.zeros(0, 0, dtype=torch.long))
+        budgets = [state.budgets[i] for i in layers] if all(i in state.budgets for i in layers) and layers else None
+        statistics = [state.statistics[i] for i in layers] if state.statistics and all(
+            i in state.statistics for i in layers) else None
+        return SessionStats(
+            kept_tokens=kept,
+            resident_kv_bytes=cache.resident_kv_bytes(),
+            slack_kv_bytes=cache.slack_kv_bytes(),
+            uncompressed_kv_bytes=cache.uncompressed_kv_bytes(),
+            prompt_tokens=state.real_tokens,
+            layer_budgets=budgets,
+            layer_statistics=statistics,
+            layers=list(layers),
+            compression_seconds=state.seconds,
+            shared_prefill_seconds=state.wall_seconds,
+        )
+
+    def window_queries(self, cache: CompressedCache, layer_idx: int) -> tuple[torch.Tensor, float]:
+        """The last ``window`` prefill queries of a compressed layer, ``[batch, q_heads, window, head_dim]``
+        (post-RoPE, as the layer computed them), and the layer's softmax scale."""
+        compressor = self.compressor(cache)
+        queries = compressor.window_queries.get(layer_idx)
+        if queries is None:
+            raise ValueError(f"no window queries recorded for layer {layer_idx}: it was not compressed by this cache")
+        return queries, compressor.scaling[layer_idx]
+
+    def kept_entries(self, cache: CompressedCache, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The prompt entries a layer holds: keys and values ``[entries, head_dim]`` in (batch, head, position)
+        order, and ``[batch, kv_heads]`` entries per head. Within a head, entries keep their prompt order."""
+        layer = cache.layers[layer_idx]
+        if not isinstance(layer, CompressedLayer) or not layer.compressible:
+            raise ValueError(f"layer {layer_idx} is not a compressed layer of this cache")
+        keys, values = layer.prompt_entries()
+        if layer.kept_prompt is not None:
+            lengths = layer.kept_prompt
+        else:
+            lengths = torch.full((layer.batch, layer.kv_heads), keys.shape[0] // (layer.batch * layer.kv_heads))
+        return keys, values, lengths
+
+    # -- hooks ----------------------------------------------------------------------------------------------------
+    def _check_inputs(self, module, args, kwargs):
+        """Model forward pre-hook: refuse inputs lavakv would handle silently wrong, before any work."""
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        embeds = kwargs.get("inputs_embeds")
+        tensor = ids if ids is not None else embeds
+        if tensor is not None and tensor.dim() >= 2 and tensor.shape[1] == 0:
+            raise ValueError("empty prompt: input_ids has 0 tokens; give at least one token to generate from")
+        cache = kwargs.get("past_key_values", kwargs.get("cache"))
+        if not isinstance(cache, CompressedCache):
+            return None
+        compressor = self.compressor(cache)
+        if kwargs.get("output_attentions"):
+            raise ValueError("lavakv does not return attention weights (output_attentions=True); drop that option")
+        new = tensor.shape[1] if tensor is not None and tensor.dim() >= 2 else 1
+        held = cache.get_seq_length()
+        if held > 0 and new > 1 and cache not in self._extending:
+            raise RuntimeError(
+                f"this lavakv cache already holds {held} tokens and got {new} more in one call. A prompt must be "
+                "prefilled in a single call: chunked prefill (prefill_chunk_size) is not supported yet, and a cache "
+                "serves one prompt (make a new one with session.cache()). To feed a question through a compressed "
+                "context, use session.extend(cache, ids)"
+            )
+        mask = kwargs.get("attention_mask")
+        if held == 0 and isinstance(mask, torch.Tensor) and mask.dim() == 2 and compressor.components is not None:
+            real = mask != 0
+            # left padding only: once a row has a real token, every later one is real
+            if bool((real.cummax(dim=-1).values & ~real).any()):
+                raise ValueError(
+                    "the attention mask has padding after real tokens (right padding): the observation window would "
+                    "be padding. Pad on the left (tokenizer.padding_side = 'left')"
+                )
+        return None
+
+    def _after_attention(self, module, args, kwargs, output):
+        """Attention-module forward hook: compress the layer whose exact prefill just ran, in every cache filled."""
+        cache = kwargs.get("past_key_values", kwargs.get("cache"))
+        if not isinstance(cache, CompressedCache):
+            return None
+        layer_idx = module.layer_idx
+        layer = cache.layers[layer_idx]
+        if not isinstance(layer, CompressedLayer):
+            return None
+        taken = layer.take_prefill()
+        if taken is None:
+            return None
+        observation, keys, values = taken
+        shared: dict[int, ScoringInputs] = {}  # per window size: window attention computed once per layer
+        for target in (cache, *self._followers.get(cache, [])):
+            if target is not cache:
+                target.layers[layer_idx].update(keys, values)
+                target.layers[layer_idx].end_prefill()
+            compressor = self._compressors[target]
+            w = compressor.window
+            inputs = shared.setdefault(
+                w, ScoringInputs(observation.queries, keys, values, observation.valid, observation.scaling, w)
+            )
+            compressor.prefill_layer(layer_idx, inputs)
+        return None
+
+    def _after_forward(self, module, args, kwargs, output):
+        """Model forward hook: a cache whose method compresses but that compressed no layer says so, once."""
+        cache = kwargs.get("past_key_values", kwargs.get("cache"))
+        if not isinstance(cache, CompressedCache):
+            return None
+        for target in (cache, *self._followers.get(cache, [])):
+            compressor = self._compressors.get(target)
+            if compressor is None or compressor.components is None or target in self._warned:
+                continue
+            if compressor.real_tokens is None and target.get_seq_length() > 0:
+                self._warned.add(target)
+                logger.warning(
+                    "lavakv compressed nothing: every attention layer of this model is a sliding-window layer whose "
+                    "window is shorter than the %d-token prompt, and lavakv only compresses layers that see the "
+                    "whole prompt", target.get_seq_length(),
+                )
+        return None
+
+
+def _describe(session: Session) -> str:
+    components: Components | None = session._components
+    return "method " + (components.name if components is not None else "full")
+
+
+def _check_not_compiled(model: torch.nn.Module) -> None:
+    if hasattr(model, "_orig_mod") or getattr(model, "_compiled_call_impl", None) is not None:
+        raise TypeError(
+            "lavakv cannot attach to a torch.compile'd model yet (compiled graphs bypass its cache and attention and "
+            "decode silently wrong); attach to the uncompiled model"
+        )
