@@ -1,15 +1,16 @@
-"""Shared helpers for benchmark scripts: environment record and robust side-by-side timing."""
+"""Shared helpers for benchmark scripts: the environment record written with every result.
+
+Side-by-side timing is :mod:`lavakv.timing` (``kvpress_bench.py``, which cannot import lavakv, keeps a copy).
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 
@@ -45,27 +46,6 @@ def environment() -> dict:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "git_commit": commit,
-    }
-
-
-def interleaved_medians(variants: dict[str, Callable[[], object]], repeats: int, warmup: int = 3) -> dict[str, dict]:
-    """Time each variant ``repeats`` times, alternating between variants; report median and spread (seconds)."""
-    for fn in variants.values():
-        for _ in range(warmup):
-            fn()
-    samples: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(repeats):
-        for name, fn in variants.items():
-            start = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - start)
-    return {
-        name: {
-            "median_s": statistics.median(s),
-            "p10_s": sorted(s)[len(s) // 10],
-            "p90_s": sorted(s)[(9 * len(s)) // 10],
-        }
-        for name, s in samples.items()
     }
 
 

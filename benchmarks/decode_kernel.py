@@ -18,7 +18,7 @@ import argparse
 from pathlib import Path
 
 import torch
-from common import interleaved_medians, write_result
+from common import write_result
 
 from lavakv.attention.ragged import (
     FLAT_WASTE_LIMIT,
@@ -33,6 +33,7 @@ from lavakv.attention.ragged import (
     strategy,
 )
 from lavakv.cache.storage import RaggedKV
+from lavakv.timing import interleaved_medians
 
 # allowed max |ragged - float64| relative to max |float64 output|, per dtype
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
@@ -91,10 +92,8 @@ def case(batch: int, kv_heads: int, group: int, head_dim: int, budget: int, tail
             errors[name] = float((fn().double() - exact).abs().max() / exact.abs().max())
             if errors[name] > TOLERANCE[dtype]:
                 raise SystemExit(f"{name} differs from the float64 reference by {errors[name]:.2e} (relative)")
-        variants = {"dense_sdpa": dense, **ragged}
-        if device.type == "cuda":  # time the kernels, not their launch
-            variants = {name: (lambda fn=fn: (fn(), torch.cuda.synchronize())) for name, fn in variants.items()}
-        timing = interleaved_medians(variants, repeats=repeats)
+        # the device is synchronised around each call: on CUDA the kernels are timed, not their launch
+        timing = interleaved_medians({"dense_sdpa": dense, **ragged}, repeats=repeats, device=device)
     return {
         "batch": batch, "kv_heads": kv_heads, "group": group, "head_dim": head_dim, "mean_budget": budget,
         "tail": tail, "entries": total, "timing": timing, "max_relative_error": errors,

@@ -24,20 +24,39 @@ import contextlib
 import gc
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib.metadata import version
 from pathlib import Path
 
 import torch
-from common import interleaved_medians, write_result
+from common import write_result
 from peak import child_env, peak_bytes, reset_peak, rss_bytes
 from prompts import ids_digest, load_ids
 
 WINDOW = 32  # lavakv's default observation window; kvpress's SnapKV default is 64
+
+
+def interleaved_medians(variants: dict[str, Callable[[], object]], repeats: int, warmup: int = 3) -> dict[str, dict]:
+    """A copy of ``lavakv.timing.interleaved_medians`` (CPU: no device sync), kept here because this script runs in
+    the kvpress venv, which cannot import lavakv: ``warmup`` untimed rounds, then ``repeats`` rounds, each calling
+    every variant once in turn; per variant the median, p10 and p90 in seconds. Keep the two in step."""
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for round_ in range(warmup + repeats):
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            fn()
+            if round_ >= warmup:
+                samples[name].append(time.perf_counter() - start)
+    return {
+        name: {"median_s": statistics.median(s), "p10_s": sorted(s)[len(s) // 10],
+               "p90_s": sorted(s)[(9 * len(s)) // 10]}
+        for name, s in samples.items()
+    }
 
 
 def make_press(name: str, budget: int, n: int):

@@ -47,7 +47,7 @@ def n_kept(n: int, ratio: float) -> int:
 
 def build_requests(tokenizer, model, tasks, args) -> tuple[list[dict], dict]:
     """One request per (task, sample, mode): the token ids both libraries see, plus what scoring needs."""
-    from lavakv.eval.decode import stop_ids
+    from lavakv.generation import stop_ids
 
     requests, samples = [], {}
     for task in tasks:
@@ -117,7 +117,7 @@ def run_lavakv(model, tokenizer, requests: list[dict], samples: dict, args) -> d
 
 def rows_from(requests, samples, ours, theirs, tokenizer) -> list[dict]:
     """One row per (request, library, config): prediction, score, kept and held entries/bytes."""
-    from lavakv.eval.decode import decode_text
+    from lavakv.generation import decode_text
 
     rows = []
     for request in requests:

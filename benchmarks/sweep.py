@@ -26,11 +26,12 @@ import warnings
 from pathlib import Path
 
 import torch
-from common import interleaved_medians, write_result
+from common import write_result
 from prompts import ids_digest, prompt_ids
 
 import lavakv
 from lavakv.methods import PRESETS
+from lavakv.timing import decode_step_medians
 
 
 def ints(text: str) -> list[int]:
@@ -58,7 +59,8 @@ def sweep_methods(presets: list[str], budgets: list[int], tokens: int, args) -> 
 
 
 def decode_times(model, caches: dict[str, object], token: torch.Tensor, steps: int, threads: int) -> dict[str, dict]:
-    """ms per decode step for each cache, steps interleaved across caches (each cache grows by one per step).
+    """ms per decode step for each cache, steps interleaved across caches (each cache grows by one per step); the
+    same timing as ``lavakv bench`` (:func:`lavakv.timing.decode_step_medians`).
 
     ``threads``: torch intra-op threads for the timing (0: leave torch's default).
     """
@@ -66,22 +68,9 @@ def decode_times(model, caches: dict[str, object], token: torch.Tensor, steps: i
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _decode_times(model, caches, token, steps)
+        return decode_step_medians(model, caches, token, steps, warmup=2)
     finally:
         torch.set_num_threads(default)
-
-
-def _decode_times(model, caches: dict[str, object], token: torch.Tensor, steps: int) -> dict[str, dict]:
-
-    def step(cache):
-        def run():
-            with torch.no_grad():
-                model(token, cache=cache, logits_to_keep=1)
-
-        return run
-
-    timing = interleaved_medians({name: step(c) for name, c in caches.items()}, repeats=steps, warmup=2)
-    return {name: {k.replace("_s", "_ms"): v * 1e3 for k, v in t.items()} for name, t in timing.items()}
 
 
 def main() -> None:

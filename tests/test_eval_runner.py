@@ -11,10 +11,9 @@ from test_eval_support import tiny_eval_pair
 import lavakv
 from lavakv.eval import EvalConfig, TaskOptions, run_eval
 from lavakv.eval import runner as runner_module
-from lavakv.eval.decode import decode_text, greedy_decode, stop_ids
-from lavakv.eval.prompting import encode_prompt
 from lavakv.eval.runner import PREDICTIONS, plan_runs, read_predictions
 from lavakv.eval.tasks.needle import NeedleTask
+from lavakv.generation import decode_from_cache, decode_text, encode_prompt, stop_ids
 
 METHODS = ["full", "lava", "snapkv", "ada-snapkv"]
 
@@ -26,8 +25,20 @@ def _config(tmp_path, task="needle", methods=METHODS, budgets=(40, 80), agnostic
                       query_agnostic=agnostic, options=TaskOptions(**defaults))
 
 
+def _feed(model, cache, ids: list[int], past: int) -> torch.Tensor:
+    """Reference feed: ``ids`` after ``past`` tokens with explicit positions; the last logits ``[1, vocab]``."""
+    block = torch.tensor([ids])
+    positions = torch.arange(past, past + len(ids))[None]
+    with torch.no_grad():
+        out = model(block, attention_mask=torch.ones(1, past + len(ids), dtype=torch.long), position_ids=positions,
+                    cache=cache, logits_to_keep=1)
+    return out.logits[:, -1]
+
+
 def _alone(model, tokenizer, method, ids, *, agnostic_split=None, max_new_tokens=6):
-    """One method attached alone: its own cache, its own prefill, then greedy decoding."""
+    """One method attached alone: its own cache, its own prefill, then a reference greedy loop written out here
+    (independent of lavakv.generation's decoding and of Session.extend's positions)."""
+    stops = stop_ids(model, tokenizer)
     with method.attach(model) as session:
         cache = session.cache()
         prefix = ids if agnostic_split is None else ids[:agnostic_split]
@@ -37,13 +48,17 @@ def _alone(model, tokenizer, method, ids, *, agnostic_split=None, max_new_tokens
         stats = session.stats(cache)  # right after the compressed prefill
         past = len(prefix)
         if agnostic_split is not None:
-            from lavakv.eval.decode import feed
-
-            logits = feed(model, cache, ids[agnostic_split:], past)
+            with session.extending(cache):
+                logits = _feed(model, cache, ids[agnostic_split:], past)
             past = len(ids)
-        out = greedy_decode(model, cache, logits, past=past, max_new_tokens=max_new_tokens,
-                            stops=stop_ids(model, tokenizer))
-        return decode_text(tokenizer, out.tokens), out.tokens, stats
+        tokens: list[int] = []
+        while True:
+            tokens.append(int(logits[0].argmax()))
+            if tokens[-1] in stops or len(tokens) == max_new_tokens:
+                break
+            logits = _feed(model, cache, tokens[-1:], past)
+            past += 1
+        return decode_text(tokenizer, tokens), tokens, stats
 
 
 @pytest.mark.parametrize("agnostic", [False, True])
@@ -69,6 +84,8 @@ def test_shared_prefill_answers_equal_one_method_at_a_time(tmp_path, agnostic):
 
 
 def test_shared_prefill_caches_are_identical_and_decoding_matches_generate():
+    """decode_from_cache (what eval and lavakv.generation decode with) on caches of one shared prefill gives the
+    tokens of transformers' own ``model.generate`` on a cache each method filled alone."""
     model, tokenizer = tiny_eval_pair()
     g = torch.Generator().manual_seed(3)
     ids = torch.randint(4, len(tokenizer), (1, 120), generator=g)
@@ -77,7 +94,7 @@ def test_shared_prefill_caches_are_identical_and_decoding_matches_generate():
     with methods[0].attach(model) as session:
         caches, logits = session.prefill(ids, torch.ones_like(ids), methods)
         shared = [session.stats(c) for c in caches]
-        tokens = [greedy_decode(model, c, logits, past=120, max_new_tokens=7, stops=stops).tokens for c in caches]
+        tokens = [decode_from_cache(model, c, logits, max_new_tokens=7, stops=stops).tokens for c in caches]
     for method, stat, decoded in zip(methods, shared, tokens, strict=True):
         with method.attach(model) as session:
             cache = session.cache()
@@ -87,6 +104,21 @@ def test_shared_prefill_caches_are_identical_and_decoding_matches_generate():
         assert out[0, 120:].tolist() == decoded
         for a, b in zip(stat.kept_tokens, alone.kept_tokens, strict=True):
             assert torch.equal(a, b)
+
+
+def test_question_fed_through_extend_decodes_like_the_reference_loop():
+    """Query-agnostic: Session.extend then decode_from_cache == explicit-position feeding and stepping."""
+    model, tokenizer = tiny_eval_pair()
+    ids = torch.randint(4, len(tokenizer), (1, 130), generator=torch.Generator().manual_seed(5))[0].tolist()
+    stops = stop_ids(model, tokenizer)
+    for method in (lavakv.method("full"), lavakv.method("snapkv", budget=40, window=8)):
+        _, expected, _ = _alone(model, tokenizer, method, ids, agnostic_split=110, max_new_tokens=7)
+        with method.attach(model) as session:
+            (cache,), _ = session.prefill(torch.tensor([ids[:110]]), None, [method])
+            last = session.extend(cache, torch.tensor([ids[110:]])).logits[:, -1]
+            decoded = decode_from_cache(model, cache, last, max_new_tokens=7, stops=stops)
+        assert decoded.tokens == expected
+        assert decoded.stopped == (expected[-1] in stops)
 
 
 def test_results_directory_layout_and_provenance(tmp_path):
@@ -251,32 +283,32 @@ def test_fidelity_has_no_question_so_query_agnostic_runs_it_query_aware(tmp_path
 
 
 def test_window_attention_reproduces_the_layers_own_output():
-    from lavakv.attention import ROUTES
-    from lavakv.eval.tasks.fidelity import _kept, _window_attention, capture_window_queries
+    """fidelity's window attention over a layer's kept entries (nothing evicted) == the layer's own attention output
+    for the window queries, read before the output projection."""
+    from lavakv.eval.tasks.fidelity import _kept, _window_attention
 
     model, _ = tiny_eval_pair(layers=2)
     ids = torch.randint(4, 90, (1, 70), generator=torch.Generator().manual_seed(0))
-    full = lavakv.method("full")
+    method = lavakv.method("snapkv", budget=4096, window=8)
     outputs = {}
-    with full.attach(model) as session:
-        for module in model.modules():
-            handler = ROUTES.get(module)
-            if handler is not None:
-                def route(mod, *args, _h=handler, **kwargs):
-                    out = _h(mod, *args, **kwargs)
-                    outputs.setdefault(mod.layer_idx, out[0])
-                    return out
-                ROUTES[module] = route
-        with capture_window_queries(model, 8) as captured:
-            caches, _ = session.prefill(ids, torch.ones_like(ids), [full])
-    for index in caches[0].compressible_layers():
-        keys, values, valid = _kept(caches[0].layers[index])
-        query, scaling = captured[index]
-        positions = (torch.arange(70) - 62).expand(keys.shape[:3])
-        y = _window_attention(query, keys, values, valid, positions, scaling)  # [b, h, g, w, d]
-        b, h, g, w, d = y.shape
-        expected = outputs[index][:, -8:]  # [b, w, q_heads, d]
-        assert torch.allclose(y.reshape(b, h * g, w, d).transpose(1, 2), expected, atol=1e-5)
+    hooks = [layer.self_attn.o_proj.register_forward_pre_hook(lambda _m, args, i=i: outputs.setdefault(i, args[0]))
+             for i, layer in enumerate(model.model.layers)]
+    try:
+        with method.attach(model) as session:
+            (cache,), _ = session.prefill(ids, torch.ones_like(ids), [method])
+            layers = session.stats(cache).layers
+            assert layers
+            for index in layers:
+                keys, values, valid = _kept(session, cache, index)
+                query, scaling = session.window_queries(cache, index)  # [b, q_heads, 8, d]
+                positions = (torch.arange(70) - 62).expand(keys.shape[:3])
+                y = _window_attention(query, keys, values, valid, positions, scaling)  # [b, h, g, w, d]
+                b, h, g, w, d = y.shape
+                expected = outputs[index][:, -8:].reshape(b, w, h * g, d)  # [b, w, q_heads, d]
+                assert torch.allclose(y.reshape(b, h * g, w, d).transpose(1, 2), expected, atol=1e-5)
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def test_a_last_record_without_its_newline_is_kept_and_the_line_ended(tmp_path):

@@ -9,13 +9,13 @@ from collections import Counter
 import pytest
 from test_eval_support import char_tokenizer
 
-from lavakv.eval.prompting import count_tokens, encode_prompt
 from lavakv.eval.tasks import TaskOptions, build_tasks, parse_task_spec
 from lavakv.eval.tasks.code import CodeTask, string_lines
 from lavakv.eval.tasks.longbench import LongBenchTask, summarize, truncate_middle
 from lavakv.eval.tasks.needle import NeedleTask
 from lavakv.eval.tasks.ruler import SUBTASKS, RulerTask
 from lavakv.eval.tasks.sources import read_source, stdlib_root
+from lavakv.generation import count_tokens, encode_prompt
 
 
 def test_needle_grid_lengths_and_depths():

@@ -10,10 +10,10 @@ import pytest
 from test_eval_support import char_tokenizer
 
 from lavakv.eval.metrics import string_match_part
-from lavakv.eval.prompting import count_tokens, encode_prompt
 from lavakv.eval.tasks import TaskOptions, build_tasks, parse_task_spec, ruler_data
 from lavakv.eval.tasks.ruler import DATA_SUBTASKS, SUBTASKS, RulerTask
 from lavakv.eval.tasks.ruler_data import insert_needles, sentences
+from lavakv.generation import count_tokens, encode_prompt
 
 ESSAY_TASKS = [s for s in DATA_SUBTASKS if s.startswith("niah")]
 TOPICS = ["rivers", "startups", "painting", "essays", "cities", "compilers", "gardens", "funding"]

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import torch
 
-from lavakv.scorers.base import ScoringInputs
 from lavakv.allocation.statistics import cake_preference, normalized_entropy
 
 

@@ -16,9 +16,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from lavakv.eval.plots import MIB, plot_heatmap, plot_lines
 from lavakv.eval.runner import CONFIG, METRICS, PREDICTIONS, PROVENANCE, slug
 from lavakv.eval.tasks.longbench import summarize
+from lavakv.plotting import MIB, plot_heatmap, plot_lines
 
 
 def find_runs(paths: list[str | Path]) -> list[Path]:

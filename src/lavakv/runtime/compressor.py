@@ -52,7 +52,8 @@ class Compressor:
 
     Attributes:
         components: the method's components, or None for no compression (statistics are still kept).
-        real_tokens: ``[batch]`` real (non-padding) prompt tokens, once the prompt's prefill started.
+        valid: ``[batch, tokens]`` bool, False on the prompt's (left) padding, once its prefill started.
+        real_tokens: ``[batch]`` real (non-padding) prompt tokens.
         budget: ``[batch]`` B per sequence (window included); ``active``: ``[batch]`` rows that evict anything.
         layers: the layers compressed for this prompt (full attention, or sliding with the prompt inside the window).
         budgets: layer -> ``[batch]`` current prefix budget B_l (window excluded).
@@ -66,6 +67,7 @@ class Compressor:
     def __init__(self, components: Components | None, cache: CompressedCache) -> None:
         self.components = components
         self._cache = weakref.ref(cache)
+        self.valid: torch.Tensor | None = None
         self.real_tokens: torch.Tensor | None = None
         self.budget: torch.Tensor | None = None
         self.active: torch.Tensor | None = None
@@ -93,6 +95,7 @@ class Compressor:
 
     def start_prompt(self, valid: torch.Tensor) -> None:
         """Set the prompt's real tokens, budgets and compressed layers from ``valid [batch, tokens]`` bool."""
+        self.valid = valid
         self.real_tokens = valid.sum(-1)
         self.layers = self.cache.layers_fitting(valid.shape[-1])
         if self.components is not None:
@@ -129,7 +132,7 @@ class Compressor:
         if not c.layers.cascade:
             budget = c.layers.budgets(len(self.layers), mean)[self.layers.index(layer_idx)]
             self.budgets[layer_idx] = budget
-            self._select(layer_idx, scores, budget, keep_candidates=False)
+            self._select(layer_idx, scores, budget, self._keeps_all(budget), keep_candidates=False)
             return
         valid_prefix = inputs.valid & ~inputs.window_mask()[None, :]
         source = scores if c.layers.reads == "scores" else inputs.window_attention()
@@ -152,48 +155,62 @@ class Compressor:
             # never hold more than 1/TRUNCATE_SLACK of their current budget, with O(L log L) compactions.
             if not final and j != layer_idx and stored is not None and bool((budget >= TRUNCATE_SLACK * stored).all()):
                 continue
-            if self._select(j, None, budget, keep_candidates=True):
+            if self._select(j, None, budget, self._keeps_all(budget), keep_candidates=True):
                 self._compacted_at[j] = budget
         if final:
             self._candidates.clear()  # cascade finished: budgets are final
 
-    # -- the operation ----------------------------------------------------------------------------------------------
-    def compress(self, budgets: dict[int, torch.Tensor], inputs: dict[int, ScoringInputs]) -> None:
-        """Compress each layer ``l`` of ``budgets`` to ``budgets[l]`` (``[batch]`` prefix tokens per KV head, window
-        excluded), scoring it from ``inputs[l]`` (its window queries and the K/V the layer holds).
+    def _keeps_all(self, budget: torch.Tensor) -> torch.Tensor:
+        """``[batch]`` rows that keep every real token: nothing to evict, or a budget covering the prefix."""
+        return ~self.active | (budget >= (self.real_tokens - self.components.window))
 
-        The layers must hold uncompressed entries (as after a prefill or a prefill chunk): re-compressing a layer
-        that already holds a compressed selection plus decoded tokens is not supported yet and raises.
+    # -- the operation ----------------------------------------------------------------------------------------------
+    def compress(self, budgets: dict[int, torch.Tensor], queries: dict[int, torch.Tensor]) -> None:
+        """Compress each layer ``l`` of ``budgets`` to ``budgets[l]`` (``[batch]`` prefix tokens per KV head, window
+        excluded), scoring its entries with ``queries[l]`` ``[batch, q_heads, q, head_dim]``: the layer's most
+        recent queries (post-RoPE, ``q >= window``; the last ``window`` of them are the observation window).
+
+        Usable whenever the layers hold uncompressed entries (after a prefill or a prefill chunk). Re-compressing a
+        layer that already holds a compressed selection plus decoded tokens is not supported yet and raises.
+        Scorers that read every prompt query (H2O) see only the queries given.
         """
         if self.components is None:
             raise ValueError("this cache's method is 'full': it has no scorer to compress with")
+        if self.real_tokens is None:
+            raise ValueError("nothing to compress yet: run the prompt's prefill through this cache first")
+        w = self.components.window
         for layer_idx, budget in budgets.items():
             layer = self.cache.layers[layer_idx]
-            if not isinstance(layer, CompressedLayer) or not layer.compressible:
+            if not isinstance(layer, CompressedLayer) or layer_idx not in self.scaling:
                 raise ValueError(f"layer {layer_idx} is not a compressible layer of this cache")
-            if layer.compressed or layer.dense is None or layer.dense.length != inputs[layer_idx].tokens:
+            if layer.compressed or layer.dense is None or layer.dense.length != self.valid.shape[-1]:
                 raise NotImplementedError(
                     f"layer {layer_idx} already holds a compressed selection or decoded tokens; compressing it again "
                     "(decode-time eviction) is not supported yet"
                 )
-            if self.real_tokens is None:
-                self.start_prompt(inputs[layer_idx].valid)
+            q = queries[layer_idx]
+            if q.shape[2] < min(w, self.valid.shape[-1]):
+                raise ValueError(f"compress needs at least window={w} queries for layer {layer_idx}, got {q.shape[2]}")
+            inputs = ScoringInputs(q, layer.dense.keys, layer.dense.values, self.valid, self.scaling[layer_idx], w)
+            budget = budget.to(self.real_tokens.device)
+            keep_all = (budget >= self.real_tokens - w) | (self.real_tokens <= w)
             with torch.no_grad():
-                scores = self.components.scorer(inputs[layer_idx])
+                scores = self.components.scorer(inputs)
                 self.budgets[layer_idx] = budget
-                self._select(layer_idx, scores, budget, keep_candidates=False)
+                self._select(layer_idx, scores, budget, keep_all, keep_candidates=False)
 
-    def _select(self, layer_idx: int, scores: torch.Tensor | None, budget: torch.Tensor, keep_candidates: bool) -> bool:
+    def _select(self, layer_idx: int, scores: torch.Tensor | None, budget: torch.Tensor, keep_all: torch.Tensor,
+                keep_candidates: bool) -> bool:
         """Keep the allocated entries of one layer; truncate if it was already compressed.
 
-        Returns whether the layer now holds a compacted selection (False: it still holds every position).
+        ``keep_all [batch]`` marks the rows that keep every real token. Returns whether the layer now holds a
+        compacted selection (False: it still holds every position).
         """
         c = self.components
         layer: CompressedLayer = self.cache.layers[layer_idx]
         candidates = self._candidates.get(layer_idx) if keep_candidates else None
         full = scores if candidates is None else candidates.full_scores()  # [b, h, n]
         valid = full != float("-inf")
-        keep_all = ~self.active | (budget >= (self.real_tokens - c.window))  # rows whose budget covers the prefix
         keep = c.heads(full, budget.clamp_min(0), c.window, (self.budget - c.window).clamp_min(0))
         keep = torch.where(keep_all[:, None, None], valid, keep)
         slots = candidates.slots if candidates is not None else None

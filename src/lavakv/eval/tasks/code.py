@@ -17,9 +17,9 @@ import tokenize
 from typing import Any
 
 from lavakv.eval.metrics import code_sim, first_code_line
-from lavakv.generation import count_tokens
 from lavakv.eval.tasks.base import Sample, Task, TaskOptions, resolve
 from lavakv.eval.tasks.sources import read_source, stdlib_files, stdlib_root
+from lavakv.generation import count_tokens
 
 DEFAULT_LENGTHS = [4096]
 INSTRUCTION = "Please complete the code given below. \n"  # LongBench lcc: "...below. \n{context}Next line of code:\n"

@@ -99,8 +99,10 @@ class FidelityTask(Task):
         everyone = [make_method("full"), *methods]
         caches, _ = session.prefill(ids, torch.ones_like(ids), everyone)
         stats = [session.stats(c) for c in caches]
-        errors = [[]] + [attention_errors(session, caches[0], cache, m.window) for cache, m in zip(caches[1:], methods,
-                                                                                                 strict=True)]
+        # a method that does not compress (``full``) evicts nothing: its attention output is exact in every layer
+        errors = [[]] + [attention_errors(session, caches[0], cache, m.window) if m.compresses
+                         else [0.0] * len(stat.layers)
+                         for cache, m, stat in zip(caches[1:], methods, stats[1:], strict=True)]
         block = torch.tensor([continuation[:-1]], device=device)  # [1, c - 1]
         targets = torch.tensor(continuation[1:], device=device)  # [c - 1]
         n = len(prompt)

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from lavakv.eval.metrics import rouge1_recall
-from lavakv.generation import count_tokens
 from lavakv.eval.tasks.base import Sample, Task, TaskOptions, mean_scores, resolve
 from lavakv.eval.words import adjectives, nouns
+from lavakv.generation import count_tokens
 from lavakv.haystack import ANSWER_PREFIX, NEEDLE, QUESTION, Haystack, answer_correct, build_haystack
 
 DEFAULT_LENGTHS = [1024, 2048, 4096]

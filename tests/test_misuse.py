@@ -1,0 +1,251 @@
+"""Misuse is refused with a clear error or handled exactly, never silently wrong or a silent no-op."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+import torch
+from conftest import prompt, tiny_model
+from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+import lavakv
+from lavakv.cache import CompressedLayer
+
+
+def _mistral(sliding_window: int | None, layers: int = 2) -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = MistralConfig(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=8192,
+                           sliding_window=sliding_window)
+    model = MistralForCausalLM(config)
+    model.set_attn_implementation("sdpa")
+    return model.eval()
+
+
+def _greedy(model, ids, mask, cache=None, new=4):
+    with torch.no_grad():
+        return model.generate(ids, attention_mask=mask, past_key_values=cache, max_new_tokens=new,
+                              min_new_tokens=new, do_sample=False, pad_token_id=0, output_scores=True,
+                              return_dict_in_generate=True)
+
+
+# -- 1. sliding-window configs ---------------------------------------------------------------------------------------
+def test_mistral_default_sliding_window_compresses():
+    """Mistral-7B-v0.1 ships sliding_window=4096: a shorter prompt is full attention and is compressed."""
+    model = _mistral(4096)
+    ids, mask = prompt(batch=2, length=90, pad=(0, 7))
+    with lavakv.method("snapkv", budget=24, window=4).attach(model) as session:
+        cache = session.cache()
+        _greedy(model, ids, mask, cache)
+        stats = session.stats(cache)
+    assert stats.layers == [0, 1]
+    assert all(k.sum(-1).tolist() == [2 * 24, 2 * 24] for k in stats.kept_tokens)
+    assert stats.resident_kv_bytes < stats.uncompressed_kv_bytes
+
+
+def test_sliding_layer_inside_window_decodes_like_uncompressed_at_full_budget():
+    model = _mistral(200)
+    ids, mask = prompt(batch=2, length=90, pad=(0, 7))
+    reference = _greedy(model, ids, mask)
+    with lavakv.method("lava", budget=90, window=4).attach(model) as session:
+        out = _greedy(model, ids, mask, session.cache())
+    assert torch.equal(out.sequences, reference.sequences)
+    for x, y in zip(out.scores, reference.scores, strict=True):
+        assert torch.equal(x, y)
+
+
+def test_qwen2_use_sliding_window_layers_are_compressed_when_the_prompt_fits():
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         use_sliding_window=True, sliding_window=512, max_window_layers=2)
+    model = Qwen2ForCausalLM(config).eval()
+    model.set_attn_implementation("sdpa")
+    ids, mask = prompt(batch=1, length=80)
+    with lavakv.method("ada-snapkv", budget=20, window=4).attach(model) as session:
+        cache = session.cache()
+        _greedy(model, ids, mask, cache, new=2)
+        stats = session.stats(cache)
+    assert stats.layers == [0, 1, 2, 3]
+    assert all(layer.compressed for layer in cache.layers)
+
+
+def test_prompt_longer_than_every_sliding_window_says_it_compressed_nothing(caplog):
+    model = _mistral(32)
+    ids, mask = prompt(batch=1, length=60)
+    reference = _greedy(model, ids, mask, new=3)
+    with caplog.at_level(logging.WARNING, logger="lavakv"), lavakv.method("snapkv", budget=8, window=4).attach(
+            model) as session:
+        cache = session.cache()
+        out = _greedy(model, ids, mask, cache, new=3)
+        stats = session.stats(cache)
+    assert "compressed nothing" in caplog.text
+    assert stats.layers == [] and stats.kept_tokens == []
+    assert torch.equal(out.sequences, reference.sequences)  # the sliding layers behave as transformers' own
+
+
+def test_compressed_sliding_layer_refuses_to_grow_past_its_window():
+    model = _mistral(64)
+    ids, mask = prompt(batch=1, length=60)
+    with lavakv.method("snapkv", budget=16, window=4).attach(model) as session:
+        with pytest.raises(RuntimeError, match="sliding window of 64"):
+            _greedy(model, ids, mask, session.cache(), new=10)
+
+
+# -- 2. padding ------------------------------------------------------------------------------------------------------
+def test_right_padded_batch_is_refused():
+    model = tiny_model("llama")
+    ids, mask = prompt(batch=2, length=50)
+    mask[1, -5:] = 0
+    with lavakv.method("snapkv", budget=16, window=4).attach(model) as session:
+        with pytest.raises(ValueError, match="right padding"), torch.no_grad():
+            model(ids, attention_mask=mask, past_key_values=session.cache())
+
+
+# -- 3. torch.compile -------------------------------------------------------------------------------------------------
+def test_compiled_model_is_refused():
+    model = tiny_model("llama")
+    compiled = torch.compile(model)
+    with pytest.raises(TypeError, match="torch.compile"):
+        lavakv.method("snapkv", budget=16, window=4).attach(compiled)
+    model.compile()
+    with pytest.raises(TypeError, match="torch.compile"):
+        lavakv.method("snapkv", budget=16, window=4).attach(model)
+
+
+# -- 4. session lifecycle ---------------------------------------------------------------------------------------------
+def test_cache_used_after_its_session_exited_raises():
+    model = tiny_model("llama")
+    ids, mask = prompt(batch=1, length=50)
+    with lavakv.method("snapkv", budget=16, window=4).attach(model) as session:
+        cache = session.cache()
+        with torch.no_grad():
+            out = model(ids, attention_mask=mask, past_key_values=cache)
+    token = out.logits[:, -1:].argmax(-1)
+    with pytest.raises(RuntimeError, match="not attached"), torch.no_grad():
+        model(token, attention_mask=torch.ones(1, 51, dtype=torch.long), past_key_values=cache)
+
+
+def test_second_attach_on_an_attached_model_is_refused_and_the_first_still_works():
+    model = tiny_model("llama")
+    ids, mask = prompt(batch=1, length=50)
+    reference = _greedy(model, ids, mask)
+    first = lavakv.method("snapkv", budget=50, window=4).attach(model)
+    with first:
+        with pytest.raises(RuntimeError, match="already has a lavakv session"):
+            lavakv.method("lava", budget=16, window=4).attach(model).__enter__()
+        out = _greedy(model, ids, mask, first.cache())
+    assert torch.equal(out.sequences, reference.sequences)
+    assert model.config._attn_implementation == "sdpa"  # restored on exit
+    with lavakv.method("lava", budget=16, window=4).attach(model):  # attachable again afterwards
+        pass
+
+
+def test_two_threads_sharing_one_attached_model_get_their_own_results():
+    model = tiny_model("llama", layers=2)
+    inputs = [prompt(batch=1, length=70, seed=s) for s in (1, 2)]
+    m = lavakv.method("lava", budget=20, window=4)
+    with m.attach(model) as session:
+        alone = [_greedy(model, ids, mask, session.cache(), new=6).sequences for ids, mask in inputs]
+        results: dict[int, torch.Tensor] = {}
+
+        def work(i: int) -> None:
+            ids, mask = inputs[i]
+            results[i] = _greedy(model, ids, mask, session.cache(), new=6).sequences
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert all(torch.equal(results[i], alone[i]) for i in range(2))
+
+
+# -- 5. chunked prefill and reused caches --------------------------------------------------------------------------------
+def test_prefill_chunk_size_is_refused_until_supported():
+    model = tiny_model("llama")
+    ids, mask = prompt(batch=1, length=64)
+    with lavakv.method("snapkv", budget=16, window=4).attach(model) as session:
+        with pytest.raises(RuntimeError, match="chunked prefill"), torch.no_grad():
+            model.generate(ids, attention_mask=mask, past_key_values=session.cache(), max_new_tokens=2,
+                           do_sample=False, pad_token_id=0, prefill_chunk_size=16)
+
+
+def test_cache_reused_for_a_second_prompt_is_refused():
+    model = tiny_model("llama")
+    ids, mask = prompt(batch=1, length=64)
+    with lavakv.method("snapkv", budget=16, window=4).attach(model) as session:
+        cache = session.cache()
+        _greedy(model, ids, mask, cache, new=2)
+        with pytest.raises(RuntimeError, match="one prompt"):
+            _greedy(model, ids, mask, cache, new=2)
+
+
+# -- 6. parameters validated when the method is built ----------------------------------------------------------------------
+@pytest.mark.parametrize("name,kwargs,error,match", [
+    ("snapkv", {"kernel_size": 4}, ValueError, "odd"),
+    ("snapkv", {"kernel_size": 7.0}, TypeError, "kernel_size"),
+    ("snapkv", {"pooling": "median"}, ValueError, "pooling"),
+    ("snapkv", {"gqa": "sum"}, ValueError, "gqa"),
+    ("streamingllm", {"n_sink": -1}, ValueError, "n_sink"),
+    ("streamingllm", {"n_sink": 2.5}, TypeError, "n_sink"),
+    ("cake", {"gamma": -1.0}, ValueError, "gamma"),
+    ("cake", {"gamma": "high"}, TypeError, "gamma"),
+    ("cake", {"tau1_inv": -0.5}, ValueError, "tau1_inv"),
+    ("random", {"seed": "x"}, TypeError, "seed"),
+    ("h2o", {"chunk_size": 0}, ValueError, "chunk_size"),
+    ("lava", {"alpha": "0.2"}, TypeError, "alpha"),
+    ("lava", {"alpha": True}, TypeError, "alpha"),
+    ("lava", {"alpha": 1.0}, ValueError, "alpha"),
+    ("lava", {"floor_from": "paper"}, ValueError, "floor_from"),
+    ("lava", {"value_norm_range": "some"}, ValueError, "value_norm_range"),
+    ("pyramidkv", {"beta": 0.5}, ValueError, "beta"),
+])
+def test_bad_component_parameters_are_refused_at_method(name, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        lavakv.method(name, budget=64, **kwargs)
+
+
+@pytest.mark.parametrize("scorer", ["knorm", "streaming", "random"])
+def test_entropy_cascade_over_a_non_attention_scorer_is_refused(scorer):
+    with pytest.raises(ValueError, match="entropy"):
+        lavakv.method(scorer=scorer, layers="lava", budget=64)
+    lavakv.method(scorer=scorer, layers="pyramid", budget=64)  # static allocations are fine
+
+
+def test_window_on_full_is_refused():
+    with pytest.raises(ValueError, match="no observation window"):
+        lavakv.method("full", window=8)
+
+
+# -- 8. bytes and attention weights -------------------------------------------------------------------------------------
+def test_resident_bytes_never_exceed_uncompressed_after_long_decodes():
+    model = tiny_model("qwen2", layers=2)
+    ids, mask = prompt(batch=1, length=40)
+    with lavakv.method("snapkv", budget=40, window=4).attach(model) as session:  # nothing evicted
+        cache = session.cache()
+        _greedy(model, ids, mask, cache, new=150)
+        stats = session.stats(cache)
+    assert stats.resident_kv_bytes == stats.uncompressed_kv_bytes
+    assert stats.slack_kv_bytes > 0  # the decode buffers' headroom is reported apart
+
+
+def test_output_attentions_is_refused():
+    model = tiny_model("llama")
+    ids, mask = prompt(batch=1, length=40)
+    with lavakv.method("snapkv", budget=16, window=4).attach(model) as session:
+        with pytest.raises(ValueError, match="output_attentions"), torch.no_grad():
+            model(ids, attention_mask=mask, past_key_values=session.cache(), output_attentions=True)
+
+
+def test_compressed_layers_are_compressed_layer_objects():
+    model = tiny_model("gemma3", layers=4)
+    ids, mask = prompt(batch=1, length=60)
+    with lavakv.method("snapkv", budget=16, window=4).attach(model) as session:
+        cache = session.cache()
+        _greedy(model, ids, mask, cache, new=2)
+        stats = session.stats(cache)
+    assert all(isinstance(layer, CompressedLayer) for layer in cache.layers)
+    assert stats.layers == [1, 3]  # the sliding layers (window 8 < 60 tokens) are transformers' own past the window
