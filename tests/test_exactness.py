@@ -103,8 +103,8 @@ def test_ragged_and_dense_storage_agree(monkeypatch, native):
     With ``native`` the decode steps go through the C kernel (padded batch: tail masks), else the PyTorch ones.
     """
     from lavakv.attention import ragged as kernels
-    from lavakv.runtime import compressor as runtime
     from lavakv.cache.storage import RaggedKV
+    from lavakv.runtime import compressor as runtime
 
     calls = []
     if native:
@@ -132,8 +132,8 @@ def test_ragged_and_dense_storage_agree(monkeypatch, native):
 
 def test_query_block_after_compressed_context_matches_dense_reference(monkeypatch):
     """Query-agnostic use: compress a context, then feed a multi-token question through the compressed cache."""
-    from lavakv.runtime import compressor as runtime
     from lavakv.cache.storage import RaggedKV
+    from lavakv.runtime import compressor as runtime
 
     model = tiny_model("qwen3", heads=6, kv_heads=3)
     ids, mask = prompt(batch=2, length=60, pad=(0, 7))

@@ -31,7 +31,7 @@ def _greedy(model, ids, mask, cache=None, new=4):
                               return_dict_in_generate=True)
 
 
-# -- 1. sliding-window configs ---------------------------------------------------------------------------------------
+# -- 1. sliding-window configs ---
 def test_mistral_default_sliding_window_compresses():
     """Mistral-7B-v0.1 ships sliding_window=4096: a shorter prompt is full attention and is compressed."""
     model = _mistral(4096)
@@ -94,7 +94,7 @@ def test_compressed_sliding_layer_refuses_to_grow_past_its_window():
             _greedy(model, ids, mask, session.cache(), new=10)
 
 
-# -- 2. padding ------------------------------------------------------------------------------------------------------
+# -- 2. padding ---
 def test_right_padded_batch_is_refused():
     model = tiny_model("llama")
     ids, mask = prompt(batch=2, length=50)
@@ -104,7 +104,7 @@ def test_right_padded_batch_is_refused():
             model(ids, attention_mask=mask, past_key_values=session.cache())
 
 
-# -- 3. torch.compile -------------------------------------------------------------------------------------------------
+# -- 3. torch.compile ---
 def test_compiled_model_is_refused():
     model = tiny_model("llama")
     compiled = torch.compile(model)
@@ -115,7 +115,7 @@ def test_compiled_model_is_refused():
         lavakv.method("snapkv", budget=16, window=4).attach(model)
 
 
-# -- 4. session lifecycle ---------------------------------------------------------------------------------------------
+# -- 4. session lifecycle ---
 def test_cache_used_after_its_session_exited_raises():
     model = tiny_model("llama")
     ids, mask = prompt(batch=1, length=50)
@@ -163,7 +163,7 @@ def test_two_threads_sharing_one_attached_model_get_their_own_results():
     assert all(torch.equal(results[i], alone[i]) for i in range(2))
 
 
-# -- 5. chunked prefill and reused caches --------------------------------------------------------------------------------
+# -- 5. chunked prefill and reused caches ---
 def test_prefill_chunk_size_is_refused_until_supported():
     model = tiny_model("llama")
     ids, mask = prompt(batch=1, length=64)
@@ -183,7 +183,7 @@ def test_cache_reused_for_a_second_prompt_is_refused():
             _greedy(model, ids, mask, cache, new=2)
 
 
-# -- 6. parameters validated when the method is built ----------------------------------------------------------------------
+# -- 6. parameters validated when the method is built ---
 @pytest.mark.parametrize("name,kwargs,error,match", [
     ("snapkv", {"kernel_size": 4}, ValueError, "odd"),
     ("snapkv", {"kernel_size": 7.0}, TypeError, "kernel_size"),
@@ -220,7 +220,7 @@ def test_window_on_full_is_refused():
         lavakv.method("full", window=8)
 
 
-# -- 8. bytes and attention weights -------------------------------------------------------------------------------------
+# -- 8. bytes and attention weights ---
 def test_resident_bytes_never_exceed_uncompressed_after_long_decodes():
     model = tiny_model("qwen2", layers=2)
     ids, mask = prompt(batch=1, length=40)

@@ -9,13 +9,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lavakv.allocation.statistics import cake_preference, normalized_entropy
 from lavakv.scorers import SCORERS, ScoringInputs, get_scorer
 from lavakv.scorers.cake import cake_scores
 from lavakv.scorers.h2o import h2o_scores
 from lavakv.scorers.lava import lava_scores
 from lavakv.scorers.random import random_scores
 from lavakv.scorers.snapkv import snapkv_scores
-from lavakv.allocation.statistics import cake_preference, normalized_entropy
 from lavakv.scorers.streaming import streaming_scores
 from lavakv.scorers.tova import tova_scores
 

@@ -112,7 +112,9 @@ def _fill_empty_heads(ranked: torch.Tensor, won: torch.Tensor, budget: torch.Ten
 class UniformHeads:
     """Head allocation "uniform": every KV head keeps its own top-B_l prefix tokens plus the window."""
 
-    def __call__(self, scores: torch.Tensor, budget: torch.Tensor, window: int, configured: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, scores: torch.Tensor, budget: torch.Tensor, window: int, configured: torch.Tensor
+    ) -> torch.Tensor:
         """``scores [batch, kv_heads, tokens]``, ``budget [batch]`` -> keep ``[batch, kv_heads, tokens]`` bool."""
         return uniform_heads(scores, budget, window)
 
@@ -140,7 +142,9 @@ class AdaptiveHeads:
                 f"floor_from must be 'layer' (paper) or 'configured' (reference code), got {self.floor_from!r}"
             )
 
-    def __call__(self, scores: torch.Tensor, budget: torch.Tensor, window: int, configured: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, scores: torch.Tensor, budget: torch.Tensor, window: int, configured: torch.Tensor
+    ) -> torch.Tensor:
         """``scores [batch, kv_heads, tokens]``, ``budget [batch]``, ``configured [batch]`` (B - w) -> keep mask."""
         floor_budget = configured if self.floor_from == "configured" else None
         return adaptive_heads(scores, budget, window, alpha=float(self.alpha), floor_budget=floor_budget)
