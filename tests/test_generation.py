@@ -162,3 +162,102 @@ def test_generate_many_equals_separate_runs(agnostic):
         assert shared.kept_entries == alone.kept_entries
         assert shared.resident_kv_bytes == alone.resident_kv_bytes
         assert torch.equal(shared.first_token_logits, alone.first_token_logits)
+
+
+# -- the shared pieces: prompt encoding, stop ids, decoding from a filled cache, timing ----------------------------
+@pytest.mark.parametrize("chat", [False, True])
+def test_prompt_ids_is_generates_layout_on_the_one_encoder(chat):
+    from lavakv.generation import PromptIds, encode_prompt
+
+    tokenizer = tiny_tokenizer(chat)
+    ids = prompt_ids(tokenizer, " " + CONTEXT, QUESTION, answer_prefix="A:", chat=True)
+    context = CONTEXT.strip() if chat else " " + CONTEXT
+    assert ids == encode_prompt(tokenizer, context, "\n\n" + QUESTION, answer_prefix="\n\nA:")
+    assert isinstance(ids, PromptIds) and tuple(ids) == (ids.whole, ids.context, ids.rest)
+    text = tokenizer.decode(ids.whole)
+    assert text.endswith(f"{QUESTION}\n<assistant>A:" if chat else f"{QUESTION}\n\nA:")
+
+
+def test_encode_prompt_keeps_the_text_exactly():
+    from lavakv.generation import count_tokens, encode_prompt
+
+    tokenizer = tiny_tokenizer(chat=False)
+    ids = encode_prompt(tokenizer, " ctx ", "q\n", answer_prefix=" ans", chat=True)  # no template: plain text
+    assert tokenizer.decode(ids.whole) == " ctx q\n ans" and ids.context + ids.rest == ids.whole
+    assert len(ids.context) == count_tokens(tokenizer, " ctx ")
+    chat = tiny_tokenizer(chat=True)
+    ids = encode_prompt(chat, " ctx ", "q\n", answer_prefix="\n ans")
+    assert tokenizer.decode(ids.rest).startswith("q\n") and chat.decode(ids.rest).endswith("<assistant>ans")
+
+
+def test_stop_ids_prefer_the_generation_config():
+    from lavakv.generation import stop_ids
+
+    model, tokenizer = tiny_pair()
+    model.generation_config.eos_token_id = [5, 7]
+    assert stop_ids(model, tokenizer) == {5, 7}
+    model.generation_config.eos_token_id = None
+    assert stop_ids(model, tokenizer) == {tokenizer.eos_token_id} - {None}
+
+
+def test_decode_from_cache_stops_and_checks_its_arguments():
+    from lavakv.generation import decode_from_cache
+
+    model, tokenizer = tiny_pair()
+    ids = torch.randint(4, len(tokenizer), (1, 60), generator=torch.Generator().manual_seed(1))
+    method = lavakv.method("snapkv", budget=24, window=4)
+    with method.attach(model) as session:
+        (cache,), logits = session.prefill(ids, None, [method])
+        first = int(logits[0].argmax())
+        assert decode_from_cache(model, cache, logits, max_new_tokens=5, stops={first}).tokens == [first]
+        assert cache.get_seq_length() == 60  # stopped on the first token: nothing fed
+        free = decode_from_cache(model, cache, logits, max_new_tokens=4, stops=set())
+        assert len(free.tokens) == 4 and not free.stopped and cache.get_seq_length() == 63
+        with pytest.raises(ValueError, match="max_new_tokens"):
+            decode_from_cache(model, cache, logits, max_new_tokens=0, stops=set())
+        with pytest.raises(ValueError, match="one sequence"):
+            decode_from_cache(model, cache, logits.expand(2, -1), max_new_tokens=2, stops=set())
+
+
+def test_interleaved_timing_alternates_variants_and_reports_spread():
+    from lavakv.timing import decode_step_medians, interleaved_medians, spread
+
+    calls: list[str] = []
+    timing = interleaved_medians({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 5, warmup=2)
+    assert calls == ["a", "b"] * 7
+    assert set(timing) == {"a", "b"} and set(timing["a"]) == {"median_s", "p10_s", "p90_s"}
+    assert spread([3.0, 1.0, 2.0]) == {"median": 2.0, "p10": 1.0, "p90": 3.0}
+    with pytest.raises(ValueError, match="repeats"):
+        interleaved_medians({"a": lambda: None}, 0)
+
+    model, tokenizer = tiny_pair()
+    ids = torch.randint(4, len(tokenizer), (1, 40), generator=torch.Generator().manual_seed(2))
+    methods = [lavakv.method("full"), lavakv.method("snapkv", budget=16, window=4)]
+    with methods[0].attach(model) as session:
+        caches, _ = session.prefill(ids, None, methods)
+        times = decode_step_medians(model, {"full": caches[0], "snapkv": caches[1]}, ids[:, -1:], 3, warmup=1)
+        assert [c.get_seq_length() for c in caches] == [44, 44]  # 1 warm-up + 3 timed steps each
+    assert set(times) == {"full", "snapkv"} and all(t["median_ms"] > 0 for t in times.values())
+
+
+@pytest.mark.real_model
+def test_real_model_generate_equals_transformers_greedy_generate():
+    """On the packaged smollm2: generate (shared prefill, lavakv.generation's decoding) gives the tokens of
+    ``model.generate`` on an uncompressed cache."""
+    from lavakv.generation import stop_ids
+    from lavakv.models import ModelNotInstalledError, load_model
+
+    try:
+        model, tokenizer = load_model("smollm2-135m")
+    except ModelNotInstalledError:
+        pytest.skip("smollm2-135m is not installed (make models)")
+    context = "The capital of France is Paris. The capital of Japan is Tokyo. " * 8
+    result = generate(model, tokenizer, context, question="What is the capital of Japan?", max_new_tokens=12)
+    ids = torch.tensor([prompt_ids(tokenizer, context, "What is the capital of Japan?").whole])
+    with lavakv.method("full").attach(model) as session:
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), cache=session.cache(), max_new_tokens=12,
+                             do_sample=False, eos_token_id=sorted(stop_ids(model, tokenizer)),
+                             pad_token_id=tokenizer.pad_token_id)
+    expected = out[0, ids.shape[1]:].tolist()
+    assert result.new_tokens == len(expected)
+    assert result.text == tokenizer.decode(expected, skip_special_tokens=True).strip()

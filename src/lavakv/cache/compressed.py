@@ -242,7 +242,7 @@ class CompressedLayer(CacheLayerMixin):
     def reset(self) -> None:
         self.__init__(self._owner(), self.sliding_window)
 
-    # -- memory ----------------------------------------------------------------------------------------------------------
+    # -- memory ------------------------------------------------------------------------------------------------
     def nbytes(self) -> int:
         """Bytes of K/V entries held by this layer now (buffer slack excluded: see :meth:`slack_nbytes`)."""
         if self.sliding is not None:
