@@ -81,26 +81,6 @@ def head_top(scores: torch.Tensor, row: int, head: int, k: int, window: int) -> 
     return {i for _, i in entries[:k]}
 
 
-def expected_adaptive(scores: torch.Tensor, row: int, budget: int, window: int) -> set[tuple[int, int]]:
-    """METHODS.md §2, alpha = 0: global top H*B, then each empty head takes its best token in place of the
-    weakest entry of a head holding more than one (first empty head first)."""
-    h = scores.shape[1]
-    won = global_top(scores, row, h * budget, window)
-    if budget < 1:
-        return won
-    for _ in range(h):
-        counts = [sum(1 for g, _ in won if g == head) for head in range(h)]
-        empty = [g for g in range(h) if counts[g] == 0 and head_top(scores, row, g, 1, window)]
-        if not empty:
-            break
-        donors = [(float(scores[row, g, i]), g, i) for g, i in won if counts[g] > 1]
-        assert donors, "with H*B entries and an empty head, some head holds more than one"
-        _, g, i = min(donors)
-        won.discard((g, i))
-        won.add((empty[0], next(iter(head_top(scores, row, empty[0], 1, window)))))
-    return won
-
-
 def kept_prefix(keep: torch.Tensor, row: int, window: int) -> set[tuple[int, int]]:
     n = keep.shape[-1]
     return {(g, i) for g, i in torch.nonzero(keep[row, :, : n - window]).tolist()}
@@ -115,46 +95,74 @@ def check_window_and_padding(keep: torch.Tensor, scores: torch.Tensor, window: i
 # -- adaptive heads, alpha = 0 --------------------------------------------------------------------------------------
 @FAST
 @given(layer_case())
-def test_adaptive_keeps_global_top_then_fills_empty_heads(case):
+def test_adaptive_alpha_zero_keeps_exactly_the_global_top(case):
+    """Paper Algorithm 1: the flattened top H * B_l of the layer, nothing else (a head may end empty)."""
     scores, budget, window, pads = case
     keep = adaptive_heads(scores, budget, window)
     check_window_and_padding(keep, scores, window)
     h, n = scores.shape[1:]
     for row, pad in enumerate(pads):
-        real_prefix = n - window - pad
         b = int(budget[row])
-        kept = kept_prefix(keep, row, window)
-        assert len(kept) == h * b, "exactly H * B_l prefix entries per row"
+        assert kept_prefix(keep, row, window) == global_top(scores, row, h * b, window)
         per_head = keep[row, :, : n - window].sum(-1)
-        assert bool((per_head <= real_prefix).all()), "never more than n - w prefix tokens per head"
-        if b >= 1:
-            assert bool((per_head >= 1).all()), "no head is left empty when B_l >= 1"
-        assert kept == expected_adaptive(scores, row, b, window)
-        top = global_top(scores, row, h * b, window)
-        if len({g for g, _ in top}) == h or b == 0:  # no empty head: exactly the global top-(H * B_l)
-            assert kept == top
+        assert bool((per_head <= n - window - pad).all()), "never more than n - w prefix tokens per head"
 
 
-def test_adaptive_is_global_top_when_no_head_is_empty():
-    scores = make_scores(2, 3, 30, 4, [0, 5], seed=7)
-    budget = torch.tensor([6, 9])
-    keep = adaptive_heads(scores, budget, 4)
-    for row in range(2):
-        top = global_top(scores, row, 3 * int(budget[row]), 4)
-        assert len({g for g, _ in top}) == 3  # the case under test: every head wins something
-        assert kept_prefix(keep, row, 4) == top
-
-
-def test_adaptive_empty_head_takes_its_best_token():
+def test_adaptive_alpha_zero_may_leave_a_head_empty():
     window, prefix = 3, 10
     scores = torch.full((1, 2, prefix + window), INF)
     scores[0, 0, :prefix] = 10.0 + torch.arange(prefix, dtype=torch.float32)  # head 0 beats head 1 everywhere
-    scores[0, 1, :prefix] = torch.tensor([0.1, 0.9, 0.3, 0.2, 0.5, 0.4, 0.6, 0.0, 0.7, 0.8])
+    scores[0, 1, :prefix] = torch.rand(prefix)
     keep = adaptive_heads(scores, torch.tensor([3]), window)
-    assert keep[0, :, :prefix].sum().item() == 6, "the total stays H * B_l"
-    assert torch.nonzero(keep[0, 1, :prefix]).flatten().tolist() == [1], "head 1 gets exactly its best token"
-    assert torch.nonzero(keep[0, 0, :prefix]).flatten().tolist() == [5, 6, 7, 8, 9], "head 0 gave its weakest"
+    assert keep[0, 0, :prefix].sum().item() == 6 and keep[0, 1, :prefix].sum().item() == 0
     assert bool(keep[0, :, prefix:].all())
+
+
+# -- adaptive heads, alpha > 0, budget-exact floor ---------------------------------------------------------------------
+def exact_floor_reference(scores: torch.Tensor, row: int, budget: int, alpha: float, window: int) -> set:
+    """The budget-exact floor in plain Python: each head's own top floor(alpha * B), then the global top of the rest
+    up to H * B in all."""
+    h = scores.shape[1]
+    f = math.floor(alpha * budget)
+    kept = {(g, i) for g in range(h) for i in head_top(scores, row, g, f, window)}
+    rest = scores.clone()
+    for g, i in kept:
+        rest[row, g, i] = -INF
+    return kept | global_top(rest, row, h * budget - len(kept), window)
+
+
+@FAST
+@given(layer_case(), st.sampled_from([0.1, 0.2, 0.35, 0.5, 0.9]), st.booleans())
+def test_exact_floor_keeps_h_times_b_and_every_head_its_floor(case, alpha, knockout):
+    scores, budget, window, pads = case
+    if knockout:
+        scores = knock_out(scores, window, seed=int(budget.sum()))
+    keep = adaptive_heads(scores, budget, window, alpha=alpha)
+    check_window_and_padding(keep, scores, window)
+    h, n = scores.shape[1:]
+    for row in range(len(pads)):
+        b = int(budget[row])
+        kept = kept_prefix(keep, row, window)
+        available = int((scores[row, :, : n - window] > -INF).sum())
+        assert len(kept) == min(h * b, available), "exactly H * B_l prefix entries (when the heads have them)"
+        assert kept == exact_floor_reference(scores, row, b, alpha, window)
+        for g in range(h):
+            own = int((scores[row, g, : n - window] > -INF).sum())
+            assert sum(1 for head, _ in kept if head == g) >= min(math.floor(alpha * b), own)
+
+
+@FAST
+@given(layer_case(), st.sampled_from([0.0, 0.2, 0.5]), st.data())
+def test_exact_floor_kept_sets_are_nested_and_truncation_is_one_shot(case, alpha, data):
+    """As B_l shrinks the kept set only loses entries, and allocating from a kept set (its other entries -inf)
+    equals allocating from all scores: why a cascade that truncates earlier layers is exact."""
+    scores, budget, window, pads = case
+    smaller = torch.tensor([data.draw(st.integers(0, int(b))) for b in budget])
+    big = adaptive_heads(scores, budget, window, alpha=alpha)
+    small = adaptive_heads(scores, smaller, window, alpha=alpha)
+    assert not bool((small & ~big).any()), "nested"
+    truncated = adaptive_heads(scores.masked_fill(~big, -INF), smaller, window, alpha=alpha)
+    assert torch.equal(truncated, small)
 
 
 # -- adaptive heads, alpha > 0 (Ada-KV floor) ---------------------------------------------------------------------
@@ -167,24 +175,25 @@ def knock_out(scores: torch.Tensor, window: int, seed: int) -> torch.Tensor:
 
 
 @FAST
-@given(layer_case(), st.sampled_from([0.1, 0.2, 0.35, 0.5, 0.9]), st.booleans(), st.integers(0, 30), st.booleans())
-def test_adaptive_floor_caps(case, alpha, configured, reference, knockout):
+@given(layer_case(), st.sampled_from([0.1, 0.2, 0.35, 0.5, 0.9]), st.sampled_from(["lava-reference",
+       "adakv-reference"]), st.integers(0, 30), st.booleans())
+def test_reference_floor_caps(case, alpha, floor, configured, knockout):
+    """The authors' formula: cap_g = round((1 - alpha) * count_g + int(alpha * B_cfg)), B_cfg with the window (LAVa's
+    code) or without (Ada-KV's code); head g keeps its own top cap_g."""
     scores, budget, window, pads = case
     if knockout:  # heads with different numbers of candidates: caps are clipped per head, not by head 0
         scores = knock_out(scores, window, seed=int(budget.sum()))
-    floor_budget = torch.full_like(budget, reference) if configured else None
-    keep = adaptive_heads(scores, budget, window, alpha=alpha, floor_budget=floor_budget)
+    keep = adaptive_heads(scores, budget, window, alpha=alpha, floor=floor,
+                          configured=torch.full_like(budget, configured))
     check_window_and_padding(keep, scores, window)
     h, n = scores.shape[1:]
+    b_ref = configured + window if floor == "lava-reference" else configured
     for row in range(len(pads)):
         b = int(budget[row])
-        b_ref = reference if configured else b
         won = global_top(scores, row, h * b, window)
         for g in range(h):
             count = sum(1 for head, _ in won if head == g)
-            cap = round((1.0 - alpha) * count + math.floor(alpha * b_ref))
-            if b >= 1:
-                cap = max(cap, 1)  # METHODS.md §2: never drop a head to zero prefix tokens when B_l >= 1
+            cap = round((1.0 - alpha) * count + int(alpha * b_ref))
             available = int((scores[row, g, : n - window] > -INF).sum())  # the head's real prefix tokens
             kept = {i for i in range(n - window) if keep[row, g, i]}
             assert len(kept) == min(cap, available)
@@ -294,7 +303,7 @@ def _statistic(allocation, inputs, scores):
 
 @pytest.mark.parametrize("preset,kwargs", [
     ("lava", {}), ("cake", {}), ("lava-uniform-head", {}), ("lava-pyramid", {}),
-    ("lava", {"alpha": 0.2, "floor_from": "configured"}), ("lava", {"alpha": 0.2}),
+    ("lava", {"alpha": 0.2}), ("lava", {"alpha": 0.5}), ("cake", {"heads": "adaptive", "alpha": 0.2}),
 ])
 def test_cascade_equals_one_shot_allocation_with_final_budgets(monkeypatch, preset, kwargs):
     """After the cascade each layer holds exactly what a one-shot allocation with its final budget keeps."""
@@ -351,17 +360,12 @@ def test_lava_statistics_are_normalised_entropies_and_budgets_sum_to_total():
     assert bool(((sums <= total) & (sums > total - layers)).all())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known limitation: with alpha > 0 a cascade truncates from the floored kept set, so entries a smaller "
-    "budget would re-admit are already evicted; alpha = 0 (the paper's default) is exact",
-)
 def test_cascade_with_floor_truncates_like_one_shot(monkeypatch):
     """Adaptive heads with an Ada-KV floor (alpha > 0) under a cascade: controlled scores and statistics.
 
-    Layer 0 is compressed with B_0 = 80, then truncated to B_0 = 75 when layer 1 arrives. Head 0 dominates, so
-    its floored cap at B_0 = 80 (90 entries) is smaller than its global win at B_0 = 75 (all 92): truncating the
-    floored candidates cannot reproduce the one-shot allocation.
+    Layer 0 is compressed with B_0 = 80, then truncated to B_0 = 75 when layer 1 arrives. Head 0 dominates every
+    token. Under the authors' cap formula its floored cap at B_0 = 80 is smaller than its global win at B_0 = 75, so
+    truncating could not reproduce a one-shot allocation; the budget-exact floor keeps nested sets, so it does.
     """
     window = 8
     stats_by_layer = iter([torch.tensor([1.0]), torch.tensor([0.0625])])
@@ -376,8 +380,8 @@ def test_cascade_with_floor_truncates_like_one_shot(monkeypatch):
         calls.append((scores.clone(), inputs.keys.clone()))
         return scores
 
+    m = lavakv.method("lava", budget=48, window=window, alpha=0.2)  # built first: building probes the scorer
     monkeypatch.setitem(runtime.SCORERS, "lava", designed)
-    m = lavakv.method("lava", budget=48, window=window, alpha=0.2)
     model = tiny_model("llama", layers=2, heads=4, kv_heads=2, head_dim=16)
     ids, mask = prompt(batch=1, length=100)
     with m.attach(model) as session:

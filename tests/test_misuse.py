@@ -199,7 +199,7 @@ def test_cache_reused_for_a_second_prompt_is_refused():
     ("lava", {"alpha": "0.2"}, TypeError, "alpha"),
     ("lava", {"alpha": True}, TypeError, "alpha"),
     ("lava", {"alpha": 1.0}, ValueError, "alpha"),
-    ("lava", {"floor_from": "paper"}, ValueError, "floor_from"),
+    ("lava", {"floor": "paper"}, ValueError, "floor"),
     ("lava", {"value_norm_range": "some"}, ValueError, "value_norm_range"),
     ("pyramidkv", {"beta": 0.5}, ValueError, "beta"),
 ])

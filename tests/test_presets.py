@@ -34,7 +34,7 @@ DEFAULTS = {
     "lava": {"kernel_size": 7, "pooling": "max", "value_norm_range": "all"},
     "pyramid": {"beta": 20.0},
     "cake-layers": {"tau1_inv": 0.5, "tau2_inv": 0.5},
-    "adaptive": {"alpha": 0.0, "floor_from": "layer"},
+    "adaptive": {"alpha": 0.0, "floor": "exact"},
 }
 COMPRESSING = [name for name in TABLE if name != "full"]
 CASCADES = {"lava", "cake"}  # layer allocations that split T = L (B - w) in proportion to a statistic
@@ -131,7 +131,7 @@ def test_describe_matches_the_methods_table(name):
     for key, value in expected.items():
         assert params[key] == value, f"{name}: {key}"
     if heads == "uniform":
-        assert "alpha" not in params and "floor_from" not in params
+        assert "alpha" not in params and "floor" not in params
 
 
 def test_every_preset_is_listed():
@@ -146,7 +146,7 @@ def test_custom_composition_and_parameters():
     assert lavakv.method("lava", budget=64, heads="uniform").name == "custom"  # overriding a component
     assert lavakv.method("lava", budget=64, heads="adaptive").name == "lava"  # restating it is still the preset
     assert lavakv.method("lava-pyramid", budget=64, beta=5.0).describe()["params"]["beta"] == 5.0
-    assert lavakv.method("ada-snapkv", budget=64, alpha=0.2, floor_from="configured").params["alpha"] == 0.2
+    assert lavakv.method("ada-snapkv", budget=64, alpha=0.2, floor="adakv-reference").params["alpha"] == 0.2
     with pytest.raises(TypeError, match="bogus"):
         lavakv.method("snapkv", budget=64, bogus=1)
     with pytest.raises(TypeError, match="alpha"):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-FLOOR_CONVENTIONS = ("layer", "configured")
+FLOORS = ("exact", "lava-reference", "adakv-reference")
 
 
 def prefix_scores(scores: torch.Tensor, window: int) -> torch.Tensor:
@@ -53,59 +53,47 @@ def adaptive_heads(
     window: int,
     *,
     alpha: float = 0.0,
-    floor_budget: torch.Tensor | None = None,
+    floor: str = "exact",
+    configured: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Ada-KV / LAVa: the layer keeps the global top ``kv_heads * budget`` of its flattened prefix scores.
+    """Ada-KV / LAVa: the layer keeps ``kv_heads * budget`` prefix entries chosen across its heads (docs/methods.md).
 
-    Head g keeps the entries it won (count_g). With a floor fraction ``alpha`` > 0 (Ada-KV's safeguard,
-    METHODS.md §2): cap_g = round((1 - alpha) * count_g + floor), floor = floor(alpha * B), where B is ``budget``
-    (paper convention) or ``floor_budget`` when given (reference-code convention: the configured B - w); head g
-    then keeps its own top cap_g, and at least one token when ``budget >= 1`` (the floor can be 0 for small B).
-    With ``alpha`` = 0 and ``budget >= 1`` no head is left without a prefix token either: an empty head takes its
-    best token in place of the weakest entry of a head that holds more than one, so the total stays H * B.
+    With ``alpha`` = 0 (paper Algorithm 1): the global top ``kv_heads * budget`` of the flattened prefix scores;
+    head g keeps what it won, possibly nothing. With a floor fraction ``alpha`` > 0 (Ada-KV's safeguard):
+
+    * ``floor="exact"`` (lavakv): every head first keeps its own top ``floor(alpha * budget)``, then the other
+      ``kv_heads * (budget - floor(alpha * budget))`` entries are the flattened top-k of everything else. Exactly
+      ``kv_heads * budget`` entries (when the heads have that many), and the kept set only shrinks as ``budget``
+      shrinks, so truncating a kept set equals allocating afresh at the smaller budget (cascades are exact);
+    * ``floor="lava-reference"`` / ``"adakv-reference"`` (the authors' code): count_g = what head g wins in the
+      global top ``kv_heads * budget``, cap_g = round((1 - alpha) * count_g + f) with f = int(alpha * B_cfg),
+      B_cfg = the configured budget including the window (LAVa's code) or without it (Ada-KV's code); head g keeps
+      its own top cap_g. Totals differ from ``kv_heads * budget`` by rounding and by f vs alpha * budget.
 
     Args:
-        scores: ``[batch, kv_heads, tokens]``.
-        budget: ``[batch]`` int64 prefix tokens per head on average (B_l).
+        scores: ``[batch, kv_heads, tokens]`` float, +inf on the window, -inf on padding / evicted entries.
+        budget: ``[batch]`` int64 prefix tokens per head on average (B_l, window excluded).
+        configured: ``[batch]`` the configured B - w (needed by the reference floors).
+    Returns ``[batch, kv_heads, tokens]`` bool: the kept prefix entries plus the window.
     """
     keep = _window_keep(scores, window)
     b, h, n = scores.shape
     ranked = prefix_scores(scores, window)
-    flat = ranked.reshape(b, 1, h * n)
-    won = top_per_head(flat, (budget * h)[:, None]).view(b, h, n)
-    if alpha > 0.0:
-        counts = won.sum(-1).double()
-        ref = budget if floor_budget is None else floor_budget
-        floor = torch.floor(alpha * ref.double())[:, None]
-        caps = torch.round((1.0 - alpha) * counts + floor).long()
-        caps = torch.where(budget[:, None] >= 1, caps.clamp_min(1), caps)  # no empty head when B_l >= 1
-        won = top_per_head(ranked, caps)  # a head never keeps more than its finite prefix entries (<= n - w)
-    else:
-        won = _fill_empty_heads(ranked, won, budget)
-    return keep | won
-
-
-def _fill_empty_heads(ranked: torch.Tensor, won: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
-    """Give each empty head (that has prefix tokens) its best token, taken from the weakest entry of a head > 1."""
-    b, h, n = ranked.shape
-    for _ in range(h - 1):
-        counts = won.sum(-1)  # [b, h]
-        has_tokens = torch.isfinite(ranked).any(-1)
-        empty = (counts == 0) & has_tokens & (budget[:, None] >= 1)
-        rows = empty.any(-1)
-        if not bool(rows.any()):
-            break
-        head = empty.float().argmax(-1)  # first empty head per row
-        best = ranked.gather(1, head[:, None, None].expand(b, 1, n)).squeeze(1).argmax(-1)  # [b]
-        donors = won & (counts > 1)[..., None]
-        weakest = torch.where(donors, ranked, torch.full_like(ranked, float("inf"))).reshape(b, -1).argmin(-1)
-        can = rows & donors.reshape(b, -1).any(-1)
-        idx = torch.arange(b, device=ranked.device)[can]
-        won = won.clone()
-        flat = won.view(b, -1)
-        flat[idx, weakest[can]] = False
-        flat[idx, head[can] * n + best[can]] = True
-    return won
+    if alpha == 0.0:
+        return keep | top_per_head(ranked.reshape(b, 1, h * n), (budget * h)[:, None]).view(b, h, n)
+    if floor == "exact":
+        per_head = torch.floor(alpha * budget.double()).long()  # [b]
+        floored = top_per_head(ranked, per_head[:, None].expand(b, h))  # [b, h, n]
+        rest = ranked.masked_fill(floored, float("-inf")).reshape(b, 1, h * n)
+        extra = (budget * h - floored.sum((1, 2)))[:, None]  # [b, 1]
+        return keep | floored | top_per_head(rest, extra).view(b, h, n)
+    if configured is None:
+        raise ValueError(f"floor={floor!r} needs the configured budget (B - w)")
+    won = top_per_head(ranked.reshape(b, 1, h * n), (budget * h)[:, None]).view(b, h, n)
+    reference = configured + window if floor == "lava-reference" else configured
+    f = torch.floor(alpha * reference.double())[:, None]  # int() of a non-negative number
+    caps = torch.round((1.0 - alpha) * won.sum(-1).double() + f).long()  # [b, h]
+    return keep | top_per_head(ranked, caps)  # a head never keeps more than its finite prefix entries
 
 
 @dataclass(frozen=True)
@@ -125,29 +113,27 @@ class AdaptiveHeads:
 
     Attributes:
         alpha: floor fraction in [0, 1) (Ada-KV's safeguard); 0 = the paper's plain flattened top-k.
-        floor_from: "layer" (floor from the layer's budget B_l) or "configured" (reference code: from the
-            configured B - w).
+        floor: how the floor is applied: "exact" (lavakv: budget-exact and nested, cascades exact),
+            "lava-reference" or "adakv-reference" (the authors' cap formula; see :func:`adaptive_heads`).
     """
 
     alpha: float = 0.0
-    floor_from: str = "layer"
+    floor: str = "exact"
 
     def __post_init__(self) -> None:
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)):
             raise TypeError(f"alpha (adaptive-head floor fraction) must be a float in [0, 1), got {self.alpha!r}")
         if not 0.0 <= float(self.alpha) < 1.0:
             raise ValueError(f"alpha (adaptive-head floor fraction) must be in [0, 1), got {self.alpha}")
-        if self.floor_from not in FLOOR_CONVENTIONS:
-            raise ValueError(
-                f"floor_from must be 'layer' (paper) or 'configured' (reference code), got {self.floor_from!r}"
-            )
+        if self.floor not in FLOORS:
+            raise ValueError(f"floor must be one of {', '.join(FLOORS)}, got {self.floor!r}")
 
     def __call__(
         self, scores: torch.Tensor, budget: torch.Tensor, window: int, configured: torch.Tensor
     ) -> torch.Tensor:
         """``scores [batch, kv_heads, tokens]``, ``budget [batch]``, ``configured [batch]`` (B - w) -> keep mask."""
-        floor_budget = configured if self.floor_from == "configured" else None
-        return adaptive_heads(scores, budget, window, alpha=float(self.alpha), floor_budget=floor_budget)
+        return adaptive_heads(scores, budget, window, alpha=float(self.alpha), floor=self.floor,
+                              configured=configured)
 
 
 HEAD_ALLOCATIONS = {"uniform": UniformHeads, "adaptive": AdaptiveHeads}
