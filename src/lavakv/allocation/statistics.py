@@ -54,26 +54,54 @@ def normalized_entropy(
     return entropy / math.log(entries)
 
 
+#: how CAKE's layer preference is computed: "reference" (CAKE's code) or "renormalized" (lavakv's earlier form)
+PREFERENCES = ("reference", "renormalized")
+#: CAKE's code: ``calculate_entropy`` in ``cake/utils.py`` takes -sum A * log(A + 1e-10)
+CAKE_ENTROPY_EPS = 1e-10
+
+
 def cake_preference(
-    window_attention: torch.Tensor, valid_prefix: torch.Tensor, *, tau1_inv: float = 0.5, tau2_inv: float = 0.5
+    window_attention: torch.Tensor,
+    valid_prefix: torch.Tensor,
+    *,
+    tau1_inv: float = 0.5,
+    tau2_inv: float = 0.5,
+    preference: str = "reference",
 ) -> torch.Tensor:
     """CAKE layer preference (Qin et al., ICLR 2025; docs/methods.md): P_l = H_l^{1/tau1} * V_l^{1/tau2}, per row.
 
     From the window attention A ``[b, q_heads, w, n]`` restricted to ``valid_prefix`` ``[b, n]`` (real tokens not in
-    the window):
+    the window), with ``preference``:
 
-    - H_l, spatial dispersion: entropy of the window-averaged attention renormalised to sum 1 over the valid prefix
-      tokens, averaged over query heads (natural log, unnormalised; a head with no prefix mass counts 0);
-    - V_l, temporal shift: population variance over the w window queries of A[j, i], averaged over the valid prefix
-      tokens, then over query heads.
+    - "reference" (default; CAKE's code, github.com/antgroup/cakekv, ``cake/model/modify_llama.py`` and
+      ``calculate_entropy`` in ``cake/utils.py``): H_l = -sum_{h, j, i} A_h[j, i] * log(A_h[j, i] + 1e-10), the
+      entropy of the raw window attention rows summed over query heads, window queries and prefix tokens (no
+      renormalisation, no averaging); V_l = sum_{h, i} var_j A_h[j, i], the unbiased variance over the window
+      queries (``torch.var``) summed over query heads and prefix tokens (a window of one query gives 0). CAKE's
+      code sums over the batch too (it runs batch 1); here each row gets its own preference.
+    - "renormalized" (lavakv's earlier form): H_l = entropy of each query head's window-mean attention renormalised
+      to sum 1 over the prefix, averaged over query heads (a head with no prefix mass counts 0); V_l = population
+      variance over the window queries, averaged over prefix tokens, then over query heads.
 
-    A row without valid prefix tokens gets 0. Exponents ``tau1_inv`` = 1/tau1 and ``tau2_inv`` = 1/tau2 must be
-    >= 0. Returns ``[batch]`` float32.
+    Only the reference H_l differs in substance: the two V_l differ by a factor that is the same for every layer of
+    a row (w / (w - 1) times the number of query heads and prefix tokens), which cancels in the proportional split.
+    A row without valid prefix tokens gets 0 ** tau1_inv * 0 ** tau2_inv. Exponents ``tau1_inv`` = 1/tau1 and
+    ``tau2_inv`` = 1/tau2 must be >= 0. Returns ``[batch]`` float32.
     """
     if tau1_inv < 0 or tau2_inv < 0:
         raise ValueError(f"tau1_inv and tau2_inv must be >= 0, got {tau1_inv} and {tau2_inv}")
+    if preference not in PREFERENCES:
+        raise ValueError(f"preference must be one of {PREFERENCES}, got {preference!r}")
     attn = window_attention.float()  # [b, hq, w, n]
     prefix = valid_prefix.to(attn.device)[:, None, :]  # [b, 1, n]
+
+    if preference == "reference":
+        on_prefix = attn.masked_fill(~prefix[:, :, None, :], 0.0)  # [b, hq, w, n]; 0 * log(1e-10) = 0 elsewhere
+        dispersion = -(on_prefix * torch.log(on_prefix + CAKE_ENTROPY_EPS)).sum(dim=(1, 2, 3))  # [b]
+        correction = 1 if attn.shape[2] > 1 else 0
+        var = attn.var(dim=2, correction=correction).masked_fill(~prefix, 0.0)  # [b, hq, n]
+        shift = var.sum(dim=(1, 2))  # [b]
+        return dispersion.pow(tau1_inv) * shift.pow(tau2_inv)
 
     mean = attn.mean(dim=2).masked_fill(~prefix, 0.0)  # [b, hq, n]
     mass = mean.sum(dim=-1, keepdim=True)  # [b, hq, 1]

@@ -316,15 +316,19 @@ class CompressedCache(Cache):
         """Indices of the :class:`CompressedLayer` s for which a ``tokens``-long prompt is full attention."""
         return [i for i, layer in enumerate(self.layers) if isinstance(layer, CompressedLayer) and layer.fits(tokens)]
 
-    def resident_kv_bytes(self) -> int:
-        """Bytes of K/V entries the cache holds now, measured from the tensors (growth slack excluded)."""
+    def _total_bytes(self, of_compressed: str) -> int:
+        """Sum of ``layer.<of_compressed>()`` over lavakv layers plus the K/V bytes of other initialised layers."""
         total = 0
         for layer in self.layers:
             if isinstance(layer, CompressedLayer):
-                total += layer.nbytes()
+                total += getattr(layer, of_compressed)()
             elif getattr(layer, "is_initialized", False) and layer.keys is not None:
                 total += layer.keys.nbytes + layer.values.nbytes
         return total
+
+    def resident_kv_bytes(self) -> int:
+        """Bytes of K/V entries the cache holds now, measured from the tensors (growth slack excluded)."""
+        return self._total_bytes("nbytes")
 
     def slack_kv_bytes(self) -> int:
         """Bytes allocated ahead for decoded tokens and not yet holding entries."""
@@ -332,13 +336,7 @@ class CompressedCache(Cache):
 
     def uncompressed_kv_bytes(self) -> int:
         """Bytes the same cache would hold without compression."""
-        total = 0
-        for layer in self.layers:
-            if isinstance(layer, CompressedLayer):
-                total += layer.uncompressed_nbytes()
-            elif getattr(layer, "is_initialized", False) and layer.keys is not None:
-                total += layer.keys.nbytes + layer.values.nbytes
-        return total
+        return self._total_bytes("uncompressed_nbytes")
 
     def _unsupported(self, *args, **kwargs):
         CompressedLayer._unsupported(self)

@@ -7,6 +7,10 @@ import torch.nn.functional as F
 
 POOLINGS = ("max", "avg")
 GQA_REDUCTIONS = ("mean", "max")
+#: where the GQA group reduction happens relative to pooling: "before-pool" (reduce the G query heads of a KV
+#: head, then pool once per KV head: Ada-KV's and LAVa's GQA code, KVCache-Factory's kv-head mode) or
+#: "after-pool" (pool every query head, then reduce: kvpress, CAKE's code)
+GQA_ORDERS = ("before-pool", "after-pool")
 
 
 def check_pooling(kernel_size: int, pooling: str) -> None:
@@ -24,6 +28,35 @@ def check_gqa(gqa: str) -> None:
     """Raise ValueError unless ``gqa`` names a group reduction ("mean" or "max")."""
     if gqa not in GQA_REDUCTIONS:
         raise ValueError(f"gqa must be one of {GQA_REDUCTIONS}, got {gqa!r}")
+
+
+def check_gqa_order(gqa_order: str) -> None:
+    """Raise ValueError unless ``gqa_order`` is "before-pool" or "after-pool"."""
+    if gqa_order not in GQA_ORDERS:
+        raise ValueError(f"gqa_order must be one of {GQA_ORDERS}, got {gqa_order!r}")
+
+
+def pool_and_reduce(
+    scores: torch.Tensor,
+    valid: torch.Tensor,
+    window: int,
+    kv_heads: int,
+    *,
+    kernel_size: int,
+    pooling: str,
+    gqa: str,
+    gqa_order: str,
+) -> torch.Tensor:
+    """Pool per-query-head scores ``[batch, q_heads, tokens]`` along tokens and reduce them to ``[batch, kv_heads,
+    tokens]``, in the order ``gqa_order`` names (see :data:`GQA_ORDERS`).
+
+    The two orders agree whenever pooling and reduction commute: avg pooling with the group mean (both linear),
+    max pooling with the group max, or ``kernel_size=1``. They differ for max pooling with the group mean (the
+    mean of maxima is not the maximum of the mean) and for avg pooling with the group max.
+    """
+    if gqa_order == "before-pool":
+        return pool_prefix(reduce_groups(scores, kv_heads, gqa), valid, window, kernel_size, pooling)
+    return reduce_groups(pool_prefix(scores, valid, window, kernel_size, pooling), kv_heads, gqa)
 
 
 def pool_prefix(scores: torch.Tensor, valid: torch.Tensor, window: int, kernel_size: int, pooling: str) -> torch.Tensor:
