@@ -22,6 +22,7 @@ from lavakv.allocation.layers import (
     EntropyCascade,
     PyramidLayers,
     UniformLayers,
+    cake_budgets,
     proportional_budgets,
 )
 
@@ -227,9 +228,9 @@ def test_uniform_heads_keep_their_own_top(case):
     means=st.lists(st.integers(0, 600), min_size=1, max_size=3),
     beta=st.one_of(st.just(20.0), st.floats(1.0, 60.0)),
 )
-def test_pyramid_schedule(layers, means, beta):
+def test_pyramid_exact_schedule(layers, means, beta):
     mean = torch.tensor(means)
-    budgets = PyramidLayers(beta=beta).budgets(layers, mean)
+    budgets = PyramidLayers(beta=beta, schedule="exact").budgets(layers, mean)
     assert budgets.shape == (layers, len(means)) and budgets.dtype == torch.long
     assert torch.equal(budgets.sum(0), mean * layers), "mean over layers is exactly B - w"
     assert bool((budgets[1:] <= budgets[:-1]).all()), "non-increasing from bottom to top"
@@ -242,13 +243,88 @@ def test_pyramid_schedule(layers, means, beta):
         assert bool(((budgets[0].double() - (2 * mean.double() - top)).abs() < 1.0).all())
 
 
-def test_pyramid_examples():
-    assert PyramidLayers().budgets(1, torch.tensor([32])).tolist() == [[32]]
-    b = PyramidLayers(beta=20).budgets(32, torch.tensor([120]))[:, 0]
+def test_pyramid_exact_examples():
+    exact = PyramidLayers(schedule="exact")
+    assert exact.budgets(1, torch.tensor([32])).tolist() == [[32]]
+    b = PyramidLayers(beta=20, schedule="exact").budgets(32, torch.tensor([120]))[:, 0]
     assert int(b.sum()) == 32 * 120 and int(b[-1]) == 6 and int(b[0]) == 234
     assert torch.equal(UniformLayers().budgets(3, torch.tensor([5, 7])), torch.tensor([[5, 7]] * 3))
+    assert torch.equal(UniformLayers().budgets(3, torch.tensor([5]), real_tokens=torch.tensor([9]), window=2),
+                       torch.tensor([[5]] * 3))
     with pytest.raises(ValueError, match="beta"):
         PyramidLayers(beta=0.5)
+    with pytest.raises(ValueError, match=r"schedule must be one of \('reference', 'exact'\)"):
+        PyramidLayers(schedule="linear")
+
+
+def pyramid_reference_row(layers: int, budget: int, window: int, beta: float, q_len: int | None) -> list[int]:
+    """KVCache-Factory's ``PyramidKVCluster.update_kv`` capacity for every layer, transcribed in plain Python
+    (``max_capacity_prompt`` = budget; the layer's prefix capacity, window excluded; None = no prompt rules)."""
+    min_num = (budget - window) // beta
+    max_num = (budget - window) * 2 - min_num
+    if q_len is not None and max_num >= q_len - window:
+        max_num = q_len - window
+        min_num = (budget - window) * 2 - max_num
+    steps = (max_num - min_num) // (layers - 1)
+    caps = []
+    for layer_idx in range(layers):
+        capacity = max_num - layer_idx * steps
+        if q_len is not None and q_len < budget:
+            capacity = budget - window  # no compression: the layer keeps its whole prompt (<= B - w)
+        elif q_len is not None and q_len < (budget - window) * 2:
+            capacity = budget - window
+        caps.append(int(capacity))
+    return caps
+
+
+def test_pyramid_reference_worked_examples():
+    """B = 128, w = 32, beta = 20, L = 32: min = 96 // 20 = 4, max = 192 - 4 = 188, steps = 184 // 31 = 5."""
+    pyramid = PyramidLayers()  # the default schedule is KVCache-Factory's
+    assert pyramid.schedule == "reference"
+    mean = torch.full((5,), 96)
+    real = torch.tensor([4096, 200, 220, 180, 100])
+    b = pyramid.budgets(32, mean, real_tokens=real, window=32)
+    assert b.shape == (32, 5) and b.dtype == torch.long
+    # q_len 4096: no clamp; 188, 183, ..., 33; the total is not redistributed (3536, not 32 * 96 = 3072)
+    assert b[:, 0].tolist() == [188 - 5 * layer for layer in range(32)]
+    assert int(b[:, 0].sum()) == 3536
+    # q_len 200: max = 188 >= 200 - 32 = 168 is clamped: max = 168, min = 192 - 168 = 24, steps = 144 // 31 = 4
+    assert b[:, 1].tolist() == [168 - 4 * layer for layer in range(32)]
+    assert int(b[:, 1].sum()) == 3392 and int(b[-1, 1]) == 44
+    # q_len 220: 188 = 220 - 32, the clamp leaves max = 188 and min = 4
+    assert b[:, 2].tolist() == b[:, 0].tolist()
+    # q_len 180 < 2 (B - w) = 192: every layer gets B - w; q_len 100 < B: no compression (B - w covers it)
+    assert b[:, 3].tolist() == [96] * 32 and b[:, 4].tolist() == [96] * 32
+    # without prompt lengths: the schedule of an unbounded prompt
+    assert torch.equal(pyramid.budgets(32, mean), b[:, :1].expand(-1, 5))
+    for column, q_len in enumerate(real.tolist()):
+        assert b[:, column].tolist() == pyramid_reference_row(32, 128, 32, 20, q_len)
+    assert pyramid.budgets(1, torch.tensor([96]), real_tokens=torch.tensor([200]), window=32).tolist() == [[96]]
+    with pytest.raises(ValueError, match="window"):
+        pyramid.budgets(32, mean, real_tokens=real)
+
+
+@FAST
+@given(
+    layers=st.integers(2, 40),
+    rows=st.lists(st.tuples(st.integers(1, 300), st.integers(0, 2000)), min_size=1, max_size=3),
+    window=st.integers(1, 40),
+    beta=st.one_of(st.just(20), st.integers(1, 60), st.floats(1.0, 60.0)),
+)
+def test_pyramid_reference_schedule_matches_kvcache_factory(layers, rows, window, beta):
+    """Against the plain-Python transcription, for rows the runtime compresses (w < n, w <= B <= n)."""
+    budgets = [window + extra for extra, _ in rows]
+    real = [b + more for b, (_, more) in zip(budgets, rows, strict=True)]
+    mean = torch.tensor([b - window for b in budgets])
+    got = PyramidLayers(beta=beta).budgets(layers, mean, real_tokens=torch.tensor(real), window=window)
+    assert got.shape == (layers, len(rows)) and got.dtype == torch.long
+    for column, (b, n) in enumerate(zip(budgets, real, strict=True)):
+        expected = pyramid_reference_row(layers, b, window, beta, n)
+        assert got[:, column].tolist() == expected
+        assert bool((got[1:, column] <= got[:-1, column]).all()), "non-increasing from bottom to top"
+        assert int(got[:, column].sum()) >= layers * (b - window), "flooring steps never loses budget"
+        if n >= 2 * (b - window):
+            assert int(got[0, column]) <= n - window, "the first layer never exceeds the prompt's prefix"
 
 
 @FAST
@@ -277,7 +353,72 @@ def test_cascade_budgets_zero_statistics_split_evenly():
     assert budgets.tolist() == [[25, 1]] * 4
     mixed = proportional_budgets(torch.tensor([[0.0, 1.0], [0.0, 3.0]]), torch.tensor([10, 10]))
     assert mixed.tolist() == [[5, 2], [5, 7]]
-    assert EntropyCascade.budgets is proportional_budgets and CakeCascade.budgets is proportional_budgets
+    stats, total = torch.tensor([[1.0, 2.0], [3.0, 0.5], [0.7, 0.7]]), torch.tensor([101, 37])
+    assert torch.equal(EntropyCascade().budgets(stats, total), proportional_budgets(stats, total))
+    assert torch.equal(CakeCascade(rounding="floor").budgets(stats, total), proportional_budgets(stats, total))
+
+
+def adjust_budgets_reference(budget_list: list[float], total: int, seq_len: float) -> list[int]:
+    """CAKE's ``adjust_budgets`` (cake/utils.py) transcribed in plain Python, then CAKE's min(budget, seq_len)."""
+    budgets = [int(x) for x in budget_list]
+    excess = sum(max(b - seq_len, 0) for b in budgets)
+    budgets = [min(b, seq_len) for b in budgets]
+    if excess > 0:
+        valid = [i for i, b in enumerate(budgets) if b < seq_len]
+        if valid:
+            for i in valid:
+                budgets[i] += excess // len(valid)
+            for i in valid[: int(excess % len(valid))]:
+                budgets[i] += 1
+    diff = total - sum(budgets)
+    if diff != 0:
+        valid = [i for i, b in enumerate(budgets) if (b < seq_len if diff > 0 else b > 1)]
+        if valid:
+            for i in valid:
+                budgets[i] += (1 if diff > 0 else -1) * (abs(diff) // len(valid))
+            for i in valid[: abs(diff) % len(valid)]:
+                budgets[i] += 1 if diff > 0 else -1
+    return [int(min(b, seq_len)) for b in budgets]
+
+
+def test_cake_budgets_worked_examples():
+    # floors 15, 30, 46, 7 (sum 98): the 2 missing entries go to the first two layers
+    assert cake_budgets(torch.tensor([[1.0], [2.0], [3.0], [0.5]]), torch.tensor([100])).T.tolist() == [[16, 31, 46, 7]]
+    # T = 300, n - w = 150: shares 250, 25, 25 -> layer 0 is cut to 150 and its excess of 100 goes 50 / 50
+    three = torch.tensor([[10.0], [1.0], [1.0]])
+    assert cake_budgets(three, torch.tensor([300]), [150]).T.tolist() == [[150, 75, 75]]
+    assert cake_budgets(three, torch.tensor([300])).T.tolist() == [[250, 25, 25]], "without n - w: no cap"
+    # every layer at the cap: nothing to spread, the total stays short
+    assert cake_budgets(three, torch.tensor([300]), [90]).T.tolist() == [[90, 90, 90]]
+    assert CakeCascade().budgets(three, torch.tensor([300]), real_tokens=torch.tensor([158]), window=8).T.tolist() == [
+        [150, 75, 75]]
+
+
+@FAST
+@given(
+    stats=st.lists(st.floats(1e-4, 1e3), min_size=1, max_size=40),
+    total=st.integers(0, 20_000),
+    prefix=st.one_of(st.none(), st.integers(0, 3000)),
+)
+def test_cake_budgets_match_adjust_budgets_and_sum_exactly(stats, total, prefix):
+    layers = len(stats)
+    s = torch.tensor(stats, dtype=torch.float32)[:, None]
+    got = cake_budgets(s, torch.tensor([total]), None if prefix is None else [prefix])[:, 0]
+    assert got.dtype == torch.long and got.shape == (layers,)
+    shares = proportional_budgets(s, torch.tensor([total]))[:, 0].tolist()  # the floors CAKE truncates to
+    cap = math.inf if prefix is None else prefix
+    assert got.tolist() == adjust_budgets_reference(shares, total, cap)
+    assert bool((got >= 0).all()) and bool((got <= cap).all())
+    if prefix is None or layers * prefix >= total:
+        assert int(got.sum()) == total, "CAKE's redistribution makes the total exact"
+    else:
+        assert got.tolist() == [prefix] * layers, "a prompt too short for T: every layer keeps its whole prefix"
+
+
+def test_cake_cascade_validates_options():
+    for field, bad in (("preference", "paper"), ("rounding", "largest-remainder")):
+        with pytest.raises(ValueError, match=f"cake {field} must be one of"):
+            CakeCascade(**{field: bad})
 
 
 # -- the cascade through the real coordinator ----------------------------------------------------------------------
@@ -325,10 +466,10 @@ def test_cascade_equals_one_shot_allocation_with_final_budgets(monkeypatch, pres
     if allocation.cascade:
         recomputed = torch.stack([_statistic(allocation, inputs, scores) for inputs, scores, _ in calls])
         torch.testing.assert_close(torch.stack(stats.layer_statistics), recomputed)
-        final = allocation.budgets(recomputed, mean * len(layers))
+        final = allocation.budgets(recomputed, mean * len(layers), real_tokens=real, window=window)
     else:  # static allocation (pyramid): the same check, with budgets known before prefill
         assert stats.layer_statistics is None
-        final = allocation.budgets(len(layers), mean)
+        final = allocation.budgets(len(layers), mean, real_tokens=real, window=window)
     assert torch.equal(torch.stack(stats.layer_budgets), final)
     configured = torch.full_like(real, budget - window)
     for idx, (layer_idx, (_, scores, keys)) in enumerate(zip(layers, calls, strict=True)):
@@ -358,6 +499,25 @@ def test_lava_statistics_are_normalised_entropies_and_budgets_sum_to_total():
     total = layers * (budget - window)
     sums = torch.stack(stats.layer_budgets).sum(0)
     assert bool(((sums <= total) & (sums > total - layers)).all())
+
+
+@pytest.mark.parametrize("rounding", ["reference", "floor"])
+def test_cake_budgets_through_the_runtime_sum_exactly_to_the_total(rounding):
+    """CAKE's rounding (default) hands out exactly T = L (B - w) per sequence; plain flooring loses < L."""
+    window, budget = 8, 24
+    model = tiny_model("llama", layers=5, heads=4, kv_heads=2, head_dim=16)
+    ids, mask = prompt(batch=2, length=96, pad=(0, 20))
+    with lavakv.method("cake", budget=budget, window=window, rounding=rounding).attach(model) as session:
+        with torch.no_grad():
+            model(ids, attention_mask=mask, past_key_values=session.cache())
+        stats = session.stats()
+    layers = len(stats.layers)
+    total = layers * (budget - window)
+    sums = torch.stack(stats.layer_budgets).sum(0)
+    if rounding == "reference":
+        assert sums.tolist() == [total, total]
+    else:
+        assert bool(((sums <= total) & (sums > total - layers)).all())
 
 
 def test_cascade_with_floor_truncates_like_one_shot(monkeypatch):

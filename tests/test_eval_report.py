@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 
+import numpy as np
 import pytest
 from test_eval_support import tiny_eval_pair
 
@@ -101,3 +104,229 @@ def test_help_of_both_subcommands(capsys):
             _parser().parse_args([command, "--help"])
         assert info.value.code == 0
         assert f"usage: lavakv {command}" in capsys.readouterr().out
+
+
+# -- 95 % intervals and paired comparisons -----------------------------------------------------------------------------
+def _write_run(root, method: str, budget: int | None, exact: dict[str, float], *, task: str = "needle",
+               settings: dict | None = None, window: int = 8, score_name: str = "exact", scale: float = 100.0):
+    """A finished run directory written by hand: config, per-sample records (``exact`` and a second metric) and
+    metrics.json as the runner writes them."""
+    label = method if budget is None else f"{method}-b{budget}"
+    directory = root / f"{task.replace('/', '-')}__tiny__{label}__query-aware__w{window}{len(str(settings))}"
+    directory.mkdir(parents=True)
+    config = {"task": task, "task_settings": settings or {"seed": 0}, "model": "tiny", "dtype": "float32",
+              "method": {"name": method, "budget": budget, "window": window}, "label": label,
+              "query_mode": "query-aware"}
+    (directory / "config.json").write_text(json.dumps(config))
+    records = [{"id": i, "index": n, "scores": {score_name: v, "half": v / 2}}
+               for n, (i, v) in enumerate(exact.items())]
+    (directory / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    ids = list(exact)
+    mean = sum(exact.values()) / len(exact)
+    (directory / "metrics.json").write_text(json.dumps({
+        "task": task, "label": label, "method": method, "budget": budget, "samples": len(ids), "sample_ids": ids,
+        "score_name": score_name, "score": scale * mean, score_name: scale * mean, "half": scale * mean / 2}))
+    return directory
+
+
+def _section(text: str, title: str) -> list[list[str]]:
+    """The rows (cells split on 2+ spaces) of the indented table below the line starting with ``title``."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(title))
+    while not lines[start].startswith("  "):
+        start += 1
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("  "):
+            break
+        rows.append(re.split(r"\s{2,}", line.strip()))
+    return rows
+
+
+def _comparisons(text: str) -> dict[tuple[str, str, str], dict[str, str]]:
+    rows = _section(text, "Paired against")
+    headers = rows[0]
+    out = {}
+    for row in rows[2:]:
+        if row[0].startswith("note:") or row[0].startswith("ids differ:"):
+            continue
+        cells = dict(zip(headers, row + [""] * (len(headers) - len(row)), strict=True))
+        out[(cells["method"], cells["budget"], cells["metric"])] = cells
+    return out
+
+
+def _ids(n: int) -> list[str]:
+    return [f"s{i}" for i in range(n)]
+
+
+def test_report_against_compares_paired_by_sample_id(tmp_path):
+    from lavakv.eval.intervals import bootstrap_interval
+    from lavakv.eval.report import report
+
+    rng = np.random.default_rng(0)
+    ids = _ids(40)
+    snap = {i: float(v) for i, v in zip(ids, rng.random(40), strict=True)}
+    _write_run(tmp_path, "snapkv", 64, snap)
+    _write_run(tmp_path, "lava", 64, {i: min(1.0, v + 0.2) for i, v in snap.items()})  # better on every sample
+    _write_run(tmp_path, "snapkv", 128, snap)
+    _write_run(tmp_path, "lava", 128, {i: max(0.0, v - 0.3) for i, v in snap.items()})  # worse
+    noisy = {i: float(v) for i, v in zip(ids, rng.random(40), strict=True)}  # unrelated to snapkv: no difference
+    _write_run(tmp_path, "snapkv", 256, noisy)
+    _write_run(tmp_path, "lava", 256, {i: noisy[j] for i, j in zip(ids, ids[1:] + ids[:1], strict=True)})
+    _write_run(tmp_path, "full", None, {i: 1.0 for i in ids})
+    text, _ = report([tmp_path], plots=tmp_path / "plots", against="snapkv", resamples=2000)
+    rows = _comparisons(text)
+    assert rows[("lava", "64", "exact")]["verdict"] == "leads"
+    assert rows[("lava", "128", "exact")]["verdict"] == "trails"
+    assert rows[("lava", "256", "exact")]["verdict"] == "no difference resolved"
+    lead = rows[("lava", "64", "exact")]
+    differences = [100 * (min(1.0, v + 0.2) - v) for v in snap.values()]
+    expected = bootstrap_interval(differences, resamples=2000)
+    assert float(lead["mean diff"]) == pytest.approx(expected.mean, abs=0.005)
+    assert lead["95% CI"] == f"[{expected.low:.2f}, {expected.high:.2f}]"
+    wins = sum(d > 0 for d in differences)
+    assert lead["W/T/L"] == f"{wins}/{40 - wins}/0" and lead["pairs"] == "40" and lead["against"] == "snapkv-b64"
+    assert rows[("lava", "64", "half")]["verdict"] == "leads"  # every metric is compared
+    # full (no budget) against the reference at every budget
+    table_rows = _section(text, "Paired against")
+    against_full = sorted((row[5], row[6]) for row in table_rows[2:] if row[4] == "full")
+    assert against_full == sorted((f"snapkv-b{b}", m) for b in (64, 128, 256) for m in ("exact", "half"))
+    assert "ids differ" not in text and "note:" not in text
+    # every metric with its interval, and the headline interval in the main table
+    metric_rows = _section(text, "Every metric")
+    assert len(metric_rows) == 2 + 7 * 2
+    main = text.splitlines()
+    assert main[0].split()[:9] == ["task", "model", "mode", "method", "budget", "samples", "score", "95%", "CI"]
+    snap_row = next(line for line in main if line.startswith("needle") and " snapkv  64 " in line)
+    interval = bootstrap_interval([100 * v for v in snap.values()], resamples=2000)
+    assert f"[{interval.low:.2f}, {interval.high:.2f}]" in snap_row
+
+
+def test_report_marks_runs_whose_sample_ids_differ(tmp_path):
+    from lavakv.eval.report import report
+
+    ids = _ids(12)
+    _write_run(tmp_path, "snapkv", 64, {i: 0.0 for i in ids[:10]})
+    _write_run(tmp_path, "lava", 64, {i: 1.0 for i in ids[2:]})
+    text, _ = report([tmp_path], plots=tmp_path / "plots", against="snapkv", resamples=500)
+    row = _comparisons(text)[("lava", "64", "exact")]
+    assert row["pairs"] == "8" and row["note"] == "ids differ: 8 paired, 2 only here, 2 only in snapkv"
+    assert "they are compared over the samples both have" in text
+
+
+def test_report_pairs_only_runs_that_saw_the_same_samples(tmp_path):
+    from lavakv.eval.report import report
+
+    ids = _ids(6)
+    _write_run(tmp_path, "snapkv", 64, {i: 0.0 for i in ids}, settings={"seed": 0, "lengths": [1024]})
+    _write_run(tmp_path, "lava", 64, {i: 1.0 for i in ids}, settings={"seed": 0, "lengths": [2048]})
+    text, _ = report([tmp_path], plots=tmp_path / "plots", against="snapkv", resamples=500)
+    assert _comparisons(text) == {}
+    assert "note: no snapkv run for needle | tiny | query-aware: its 1 run(s) not compared" in text
+    _write_run(tmp_path, "lava", 128, {i: 1.0 for i in ids}, settings={"seed": 0, "lengths": [1024]})
+    text, _ = report([tmp_path], plots=tmp_path / "plots", against="snapkv", resamples=500)
+    assert _comparisons(text) == {}
+    assert "note: no snapkv run at budget 128 for needle | tiny | query-aware: lava not compared" in text
+
+
+@pytest.mark.parametrize(("against", "message"), [
+    ("cake", "--against cake: no finished run of method 'cake'; methods here: lava, snapkv"),
+    ("snapkv", "--against snapkv: two snapkv runs at budget 64 for needle | tiny | query-aware"),
+])
+def test_report_against_refuses_what_it_cannot_compare(against, message, tmp_path):
+    from lavakv.eval.report import report
+
+    ids = _ids(4)
+    _write_run(tmp_path, "snapkv", 64, {i: 0.0 for i in ids}, window=8)
+    _write_run(tmp_path, "snapkv", 64, {i: 0.0 for i in ids}, window=16)
+    _write_run(tmp_path, "lava", 64, {i: 1.0 for i in ids})
+    with pytest.raises(ValueError, match=re.escape(message)):
+        report([tmp_path], plots=tmp_path / "plots", against=against, resamples=500)
+
+
+def test_lower_is_better_metrics_lead_when_smaller(tmp_path):
+    from lavakv.eval.report import report
+
+    ids = _ids(20)
+    rng = np.random.default_rng(1)
+    kl = {i: float(v) for i, v in zip(ids, rng.random(20), strict=True)}
+    _write_run(tmp_path, "snapkv", 64, kl, task="fidelity", score_name="kl", scale=1.0)
+    _write_run(tmp_path, "lava", 64, {i: v / 2 for i, v in kl.items()}, task="fidelity", score_name="kl",
+               scale=1.0)
+    text, _ = report([tmp_path], plots=tmp_path / "plots", against="snapkv", resamples=1000)
+    row = _comparisons(text)[("lava", "64", "kl")]
+    assert row["verdict"] == "leads" and row["W/T/L"] == "20/0/0"
+    assert float(row["mean diff"]) == pytest.approx(-sum(kl.values()) / 40, abs=5e-5)  # unscaled, 4 digits
+
+
+def test_per_sample_means_equal_the_runners_metrics(tmp_path):
+    """The report's intervals are computed from the records; their means are the runner's metrics."""
+    from lavakv.eval import EvalConfig, TaskOptions, run_eval
+    from lavakv.eval.report import load_run, run_interval
+
+    model, tokenizer = tiny_eval_pair(chat=True, layers=2)
+    for task, options in (("needle", dict(lengths=[200], depths=[0.0, 1.0], samples=2, max_new_tokens=4)),
+                          ("fidelity", dict(lengths=[120], samples=3, continuation=8)),
+                          ("code", dict(lengths=[200], samples=2, max_new_tokens=4))):
+        config = EvalConfig(task=task, methods=["full", "snapkv"], budgets=[24], window=8, out=tmp_path / task,
+                            options=TaskOptions(**options))
+        for result in run_eval(model, tokenizer, config, model_id="tiny", progress=False):
+            run = load_run(result.directory)
+            assert run["scores"] and run["sample_ids"] == result.metrics["sample_ids"]
+            for metric, values in run["scores"].items():
+                interval = run_interval(run, metric)
+                reported = result.metrics[metric]
+                if math.isnan(reported):
+                    assert interval is None
+                    continue
+                assert interval.mean == pytest.approx(reported, rel=1e-9, abs=1e-12), (task, metric)
+                assert interval.n == sum(not math.isnan(v) for v in values.values())
+
+
+def test_score_plots_carry_95_percent_error_bars(tmp_path, monkeypatch):
+    from lavakv.eval import report as report_module
+
+    drawn = {}
+
+    def capture(series, path, **kwargs):
+        drawn[path.name] = (series, kwargs.get("references"))
+        return path
+
+    monkeypatch.setattr(report_module, "plot_lines", capture)
+    ids = _ids(10)
+    _write_run(tmp_path, "snapkv", 64, {i: float(n % 2) for n, i in enumerate(ids)})
+    _write_run(tmp_path, "snapkv", 128, {i: float(n % 3 > 0) for n, i in enumerate(ids)})
+    _write_run(tmp_path, "full", None, {i: float(n % 5 > 0) for n, i in enumerate(ids)})
+    report_module.report([tmp_path], plots=tmp_path / "plots", resamples=500)
+    series, references = drawn["needle__tiny__query-aware__score_vs_budget.png"]
+    points = sorted(series["snapkv"])
+    assert [p[:2] for p in points] == [(64, 50.0), (128, 60.0)]
+    for _x, y, low, high in points:
+        assert low < y < high
+    value, low, high = references["full (uncompressed)"]
+    assert value == 80.0 and low < value < high
+    monkeypatch.undo()
+    written = report_module.write_plots([report_module.load_run(d) for d in sorted(tmp_path.iterdir())
+                                         if (d / "config.json").exists()], tmp_path / "png", resamples=500)
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
+
+
+def test_report_against_end_to_end_on_tiny_runs(tiny, tmp_path, capsys):
+    out = tmp_path / "results"
+    assert _run(["eval", "--task", "needle", "--lengths", "250", "--depths", "0,0.5,1", "--samples", "2",
+                 "--methods", "full,lava,snapkv", "--budgets", "40,80", "--window", "8", "--max-new-tokens", "4",
+                 "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert _run(["report", str(out), "--against", "snapkv", "--resamples", "1000"]) == 0
+    printed = capsys.readouterr().out
+    rows = _comparisons(printed)
+    assert {(m, b) for m, b, metric in rows if metric == "exact"} == {("lava", "40"), ("lava", "80"), ("full", "-")}
+    for cells in rows.values():
+        assert cells["pairs"] == "6" and cells["note"] == ""
+        wins, ties, losses = map(int, cells["W/T/L"].split("/"))
+        assert wins + ties + losses == 6
+        assert cells["verdict"] in ("leads", "trails", "no difference resolved")
+    with pytest.raises(ValueError, match="--against cake: no finished run"):
+        _run(["report", str(out), "--against", "cake"])
+    with pytest.raises(ValueError, match="--resamples must be >= 100"):
+        _run(["report", str(out), "--resamples", "10"])

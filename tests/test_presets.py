@@ -29,11 +29,13 @@ TABLE: dict[str, tuple[str | None, str | None, str | None]] = {
 # METHODS.md defaults for the hyper-parameters the spec names.
 DEFAULTS = {
     "streaming": {"n_sink": 4},
-    "snapkv": {"kernel_size": 7, "pooling": "max", "gqa": "mean"},
-    "cake": {"gamma": 200.0, "kernel_size": 7, "pooling": "max", "gqa": "mean"},
+    "tova": {"head_scope": "layer"},
+    "snapkv": {"kernel_size": 7, "pooling": "max", "gqa": "mean", "gqa_order": "before-pool"},
+    "cake": {"gamma": 200.0, "kernel_size": 5, "pooling": "avg", "gqa": "mean", "gqa_order": "after-pool",
+             "variance": "sample"},
     "lava": {"kernel_size": 7, "pooling": "max", "value_norm_range": "all"},
-    "pyramid": {"beta": 20.0},
-    "cake-layers": {"tau1_inv": 0.5, "tau2_inv": 0.5},
+    "pyramid": {"beta": 20.0, "schedule": "reference"},
+    "cake-layers": {"tau1_inv": 0.5, "tau2_inv": 0.5, "preference": "reference", "rounding": "reference"},
     "adaptive": {"alpha": 0.0, "floor": "exact"},
 }
 COMPRESSING = [name for name in TABLE if name != "full"]

@@ -24,15 +24,18 @@ CONFIGS = [
     ("snapkv", {}),
     ("snapkv", {"pooling": "avg", "gqa": "max"}),
     ("snapkv", {"kernel_size": 1}),
+    ("snapkv", {"gqa_order": "after-pool"}),
     ("lava", {}),
     ("lava", {"pooling": "avg", "value_norm_range": "prefix"}),
     ("h2o", {"chunk_size": 5}),
     ("tova", {}),
+    ("tova", {"head_scope": "group"}),
     ("streaming", {}),
     ("knorm", {}),
     ("random", {"seed": 3}),
     ("cake", {}),
     ("cake", {"pooling": "avg", "gqa": "max", "gamma": 3.0}),
+    ("cake", {"pooling": "max", "kernel_size": 7, "gqa_order": "before-pool", "variance": "population"}),
 ]
 PADDING_INVARIANT = [c for c in CONFIGS if c[0] != "random"]
 IDS = [f"{name}-{'-'.join(f'{k}={v}' for k, v in kw.items())}" if kw else name for name, kw in CONFIGS]
@@ -208,6 +211,13 @@ def test_bad_options_are_rejected():
         snapkv_scores(inputs, pooling="mean")
     with pytest.raises(ValueError, match="gqa must be one of"):
         cake_scores(inputs, gqa="sum")
+    for scorer in (snapkv_scores, cake_scores):
+        with pytest.raises(ValueError, match=r"gqa_order must be one of \('before-pool', 'after-pool'\)"):
+            scorer(inputs, gqa_order="before")
+    with pytest.raises(ValueError, match=r"variance must be one of \('sample', 'population'\)"):
+        cake_scores(inputs, variance="unbiased")
+    with pytest.raises(ValueError, match=r"head_scope must be one of \('layer', 'group'\)"):
+        tova_scores(inputs, head_scope="kv")
     with pytest.raises(ValueError, match="value_norm_range must be one of"):
         lava_scores(inputs, value_norm_range="window")
     with pytest.raises(ValueError, match="chunk_size"):
@@ -226,15 +236,34 @@ def test_window_queries_are_the_last_window_positions():
 # ---- float64 references ----
 
 
+@pytest.mark.parametrize("gqa_order", ["before-pool", "after-pool"])
 @pytest.mark.parametrize("pooling", ["max", "avg"])
 @pytest.mark.parametrize("gqa", ["mean", "max"])
 @pytest.mark.parametrize("kernel_size", [1, 3, 7])
-def test_snapkv_matches_float64_reference(pooling, gqa, kernel_size):
+def test_snapkv_matches_float64_reference(pooling, gqa, kernel_size, gqa_order):
+    """before-pool (Ada-KV / LAVa / KVCache-Factory GQA code): pool(reduce(mean_j A)); after-pool (kvpress):
+    reduce(pool(mean_j A))."""
     inputs = make_inputs(batch=2, kv_heads=2, group=3, tokens=18, window=4, pads=(5, 0), seed=2)
-    a = pool64(window_mean64(inputs), inputs.valid, inputs.window, kernel_size, pooling)
-    expected = finalize64(group64(a, inputs.kv_heads, gqa), inputs)
-    got = snapkv_scores(inputs, kernel_size=kernel_size, pooling=pooling, gqa=gqa)
-    torch.testing.assert_close(got.double(), expected, **TOL)
+    mean, valid, w = window_mean64(inputs), inputs.valid, inputs.window
+    if gqa_order == "before-pool":
+        expected = pool64(group64(mean, inputs.kv_heads, gqa), valid, w, kernel_size, pooling)
+    else:
+        expected = group64(pool64(mean, valid, w, kernel_size, pooling), inputs.kv_heads, gqa)
+    got = snapkv_scores(inputs, kernel_size=kernel_size, pooling=pooling, gqa=gqa, gqa_order=gqa_order)
+    torch.testing.assert_close(got.double(), finalize64(expected, inputs), **TOL)
+
+
+def test_snapkv_default_reduces_the_group_before_pooling():
+    """The default is the authors' GQA order; it differs from kvpress's exactly when max pooling meets the mean."""
+    inputs = make_inputs(batch=2, kv_heads=2, group=4, tokens=20, window=4, pads=(3, 0), seed=14)
+    assert torch.equal(snapkv_scores(inputs), snapkv_scores(inputs, gqa_order="before-pool"))
+    before, after = snapkv_scores(inputs, gqa_order="before-pool"), snapkv_scores(inputs, gqa_order="after-pool")
+    finite = torch.isfinite(before)
+    assert not torch.allclose(before[finite], after[finite])
+    assert bool((after[finite] >= before[finite] - 1e-7).all()), "mean of maxima >= maximum of the mean"
+    for kw in ({"pooling": "avg", "gqa": "mean"}, {"pooling": "max", "gqa": "max"}, {"kernel_size": 1}):
+        torch.testing.assert_close(snapkv_scores(inputs, gqa_order="before-pool", **kw),
+                                   snapkv_scores(inputs, gqa_order="after-pool", **kw), rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("value_norm_range", ["all", "prefix"])
@@ -292,23 +321,54 @@ def test_lava_with_max_pool_is_independent_of_pool_scale_groupmax_order():
     torch.testing.assert_close(on_prefix(got.double()), on_prefix(group_pool_scale), **TOL)
 
 
+@pytest.mark.parametrize("gqa_order", ["before-pool", "after-pool"])
 @pytest.mark.parametrize("pooling", ["max", "avg"])
 @pytest.mark.parametrize("gqa", ["mean", "max"])
 @pytest.mark.parametrize("kernel_size", [1, 5])
-def test_cake_with_gamma_zero_equals_snapkv_exactly(pooling, gqa, kernel_size):
+def test_cake_with_gamma_zero_equals_snapkv_exactly(pooling, gqa, kernel_size, gqa_order):
     inputs = make_inputs(group=3, pads=(4, 0), seed=6)
-    kw = {"kernel_size": kernel_size, "pooling": pooling, "gqa": gqa}
+    kw = {"kernel_size": kernel_size, "pooling": pooling, "gqa": gqa, "gqa_order": gqa_order}
     assert torch.equal(cake_scores(inputs, gamma=0.0, **kw), snapkv_scores(inputs, **kw))
 
 
-def test_cake_matches_float64_reference():
+def cake64(inputs: ScoringInputs, *, gamma: float, kernel: int, pooling: str, gqa: str, order: str,
+           variance: str) -> torch.Tensor:
+    """mean_j A[j, i] + gamma * var_j A[j, i] over the window queries, by explicit sums, then pooled and reduced."""
+    w = inputs.window
+    rows = dense_attention64(inputs)[:, :, -w:, :]  # [b, hq, w, n]
+    mean = rows.sum(dim=2) / w
+    squares = ((rows - mean[:, :, None]) ** 2).sum(dim=2)
+    var = squares / (w - 1) if variance == "sample" else squares / w
+    a = mean + gamma * var
+    valid, h_kv = inputs.valid, inputs.kv_heads
+    if order == "before-pool":
+        return finalize64(pool64(group64(a, h_kv, gqa), valid, w, kernel, pooling), inputs)
+    return finalize64(group64(pool64(a, valid, w, kernel, pooling), h_kv, gqa), inputs)
+
+
+def test_cake_defaults_match_float64_reference_of_cakes_code():
+    """CAKE's code: attn.mean(-2) + gamma * attn.var(-2) (unbiased), avg_pool1d(kernel 5) per query head, then the
+    mean over the group."""
     inputs = make_inputs(batch=2, kv_heads=2, group=2, tokens=16, window=5, pads=(3, 0), seed=7)
-    window_rows = dense_attention64(inputs)[:, :, -inputs.window :, :]  # [b, hq, w, n]
-    mean = window_rows.mean(dim=2)
-    variance = ((window_rows - mean[:, :, None]) ** 2).sum(dim=2) / inputs.window  # population variance
-    a = pool64(mean + 200.0 * variance, inputs.valid, inputs.window, 7, "max")
-    expected = finalize64(group64(a, inputs.kv_heads, "mean"), inputs)
+    expected = cake64(inputs, gamma=200.0, kernel=5, pooling="avg", gqa="mean", order="after-pool", variance="sample")
     torch.testing.assert_close(cake_scores(inputs).double(), expected, **TOL)
+
+
+@pytest.mark.parametrize("variance", ["sample", "population"])
+@pytest.mark.parametrize("gqa_order", ["before-pool", "after-pool"])
+@pytest.mark.parametrize(("pooling", "kernel_size", "gqa"), [("max", 7, "mean"), ("avg", 3, "max")])
+def test_cake_options_match_float64_reference(variance, gqa_order, pooling, kernel_size, gqa):
+    inputs = make_inputs(batch=2, kv_heads=2, group=3, tokens=17, window=4, pads=(0, 5), seed=15)
+    expected = cake64(inputs, gamma=7.0, kernel=kernel_size, pooling=pooling, gqa=gqa, order=gqa_order,
+                      variance=variance)
+    got = cake_scores(inputs, gamma=7.0, kernel_size=kernel_size, pooling=pooling, gqa=gqa, gqa_order=gqa_order,
+                      variance=variance)
+    torch.testing.assert_close(got.double(), expected, **TOL)
+
+
+def test_cake_sample_variance_of_a_one_query_window_is_zero():
+    inputs = make_inputs(window=1, pads=(2, 0), seed=16)
+    assert torch.equal(cake_scores(inputs, gamma=50.0), cake_scores(inputs, gamma=0.0))
 
 
 @pytest.mark.parametrize("chunk_size", [1, 7, 16, 1000])
@@ -319,11 +379,22 @@ def test_h2o_chunked_matches_dense_float64_reference(chunk_size):
     torch.testing.assert_close(h2o_scores(inputs, chunk_size=chunk_size).double(), expected, **TOL)
 
 
-def test_tova_matches_last_query_attention_float64():
-    inputs = make_inputs(batch=2, kv_heads=2, group=4, tokens=15, window=3, pads=(4, 0), seed=9)
-    last = dense_attention64(inputs)[:, :, -1, :]
-    expected = finalize64(group64(last, inputs.kv_heads, "mean"), inputs)
-    torch.testing.assert_close(tova_scores(inputs).double(), expected, **TOL)
+@pytest.mark.parametrize("head_scope", ["layer", "group"])
+def test_tova_matches_last_query_attention_float64(head_scope):
+    """"layer" (TOVA's code): the mean over all H query heads, the same ranking in every KV head; "group": the mean
+    over each KV head's G query heads."""
+    inputs = make_inputs(batch=2, kv_heads=3, group=2, tokens=15, window=3, pads=(4, 0), seed=9)
+    last = dense_attention64(inputs)[:, :, -1, :]  # [b, hq, n]
+    if head_scope == "layer":
+        layer = sum(last[:, h] for h in range(last.shape[1])) / last.shape[1]  # [b, n]
+        expected = layer[:, None, :].expand(-1, inputs.kv_heads, -1)
+    else:
+        expected = group64(last, inputs.kv_heads, "mean")
+    got = tova_scores(inputs, head_scope=head_scope)
+    torch.testing.assert_close(got.double(), finalize64(expected, inputs), **TOL)
+    if head_scope == "layer":
+        assert torch.equal(got, tova_scores(inputs)), "the default is TOVA's layer-wide mean"
+        assert torch.equal(got[:, 0], got[:, 1]) and torch.equal(got[:, 0], got[:, 2])
 
 
 def test_knorm_is_minus_key_l2_norm():
@@ -393,8 +464,41 @@ def test_normalized_entropy_matches_float64_reference_with_padding():
     torch.testing.assert_close(normalized_entropy(scores, valid_prefix, prefix_len=14), got)
 
 
+@pytest.mark.parametrize(("tau1_inv", "tau2_inv"), [(0.5, 0.5), (1.0, 2.0), (0.625, 2.5)])
+def test_cake_preference_reference_matches_float64_reference_of_cakes_code(tau1_inv, tau2_inv):
+    """CAKE's code: H = -sum A * log(A + 1e-10) over heads, window queries and prefix tokens of the raw window
+    attention (no renormalisation); V = sum over heads and prefix tokens of the unbiased variance over the window."""
+    inputs = make_inputs(batch=3, kv_heads=2, group=3, tokens=16, window=4, pads=(0, 5, 14), seed=13)
+    n, w = inputs.tokens, inputs.window
+    rows = dense_attention64(inputs)[:, :, -w:, :]  # [b, hq, w, n]
+    valid_prefix = valid_prefix_of(inputs)
+    expected = []
+    for b in range(3):
+        prefix = [i for i in range(n) if valid_prefix[b, i]]
+        dispersion, shift = 0.0, 0.0
+        for h in range(rows.shape[1]):
+            for i in prefix:
+                column = [rows[b, h, j, i].item() for j in range(w)]
+                dispersion -= sum(a * math.log(a + 1e-10) for a in column)
+                mean = sum(column) / w
+                shift += sum((a - mean) ** 2 for a in column) / (w - 1)
+        expected.append(dispersion**tau1_inv * shift**tau2_inv)  # row 2: no prefix token, 0
+    got = cake_preference(inputs.window_attention(), valid_prefix, tau1_inv=tau1_inv, tau2_inv=tau2_inv)
+    assert got.shape == (3,) and got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), torch.tensor(expected, dtype=torch.float64), **TOL)
+    default = cake_preference(inputs.window_attention(), valid_prefix, tau1_inv=tau1_inv, tau2_inv=tau2_inv,
+                              preference="reference")
+    assert torch.equal(got, default)
+
+
+def test_cake_preference_rejects_unknown_form():
+    inputs = make_inputs()
+    with pytest.raises(ValueError, match=r"preference must be one of \('reference', 'renormalized'\)"):
+        cake_preference(inputs.window_attention(), valid_prefix_of(inputs), preference="paper")
+
+
 @pytest.mark.parametrize(("tau1_inv", "tau2_inv"), [(0.5, 0.5), (1.0, 2.0)])
-def test_cake_preference_matches_float64_reference(tau1_inv, tau2_inv):
+def test_cake_preference_renormalized_matches_float64_reference(tau1_inv, tau2_inv):
     inputs = make_inputs(batch=3, kv_heads=2, group=3, tokens=16, window=4, pads=(0, 5, 14), seed=13)
     n, w = inputs.tokens, inputs.window
     rows = dense_attention64(inputs)[:, :, -w:, :]  # [b, hq, w, n]
@@ -413,6 +517,7 @@ def test_cake_preference_matches_float64_reference(tau1_inv, tau2_inv):
             variances = [((rows[b, h, :, i] - rows[b, h, :, i].mean()) ** 2).mean().item() for i in prefix]
             shift += sum(variances) / len(prefix) / rows.shape[1]
         expected.append(dispersion**tau1_inv * shift**tau2_inv)
-    got = cake_preference(inputs.window_attention(), valid_prefix, tau1_inv=tau1_inv, tau2_inv=tau2_inv)
+    got = cake_preference(inputs.window_attention(), valid_prefix, tau1_inv=tau1_inv, tau2_inv=tau2_inv,
+                          preference="renormalized")
     assert got.shape == (3,) and got.dtype == torch.float32
     torch.testing.assert_close(got.double(), torch.tensor(expected, dtype=torch.float64), **TOL)

@@ -52,15 +52,17 @@ def log2_x(ax, ticks: Sequence[float], labels: Sequence[str] | None = None) -> N
 # -- axes-level drawers --------------------------------------------------------------------------------------------
 def draw_lines(ax, series: Mapping[str, Sequence[tuple[float, ...]]], *,
                styles: Mapping[str, Mapping[str, Any]] | None = None,
-               references: Mapping[str, float] | None = None) -> None:
+               references: Mapping[str, float | tuple[float, float, float]] | None = None) -> None:
     """One line per series, in the mapping's order, points sorted by x; dashed grey horizontal references.
 
     Args:
         series: name (the legend label) -> points ``(x, y)``, or ``(x, y, low, high)`` for an error bar from
-            ``low`` to ``high``.
+            ``low`` to ``high`` (e.g. a 95 % confidence interval); a series draws error bars when all its points
+            have them.
         styles: name -> matplotlib keyword arguments overriding the default style (colour ``C0``..``C9``, then the
             next line style, so 40 series never repeat; marker ``o``).
-        references: label -> y of a dashed grey horizontal line (e.g. the uncompressed value).
+        references: label -> y of a dashed grey horizontal line (e.g. the uncompressed value), or ``(y, low, high)``
+            for the line with a light grey band from ``low`` to ``high``.
     """
     for i, (name, points) in enumerate(series.items()):
         points = sorted(points)
@@ -74,6 +76,9 @@ def draw_lines(ax, series: Mapping[str, Sequence[tuple[float, ...]]], *,
         else:
             ax.plot(xs, ys, label=name, **style)
     for name, value in (references or {}).items():
+        if isinstance(value, tuple):
+            value, low, high = value
+            ax.axhspan(low, high, color="grey", alpha=0.15, linewidth=0)
         ax.axhline(value, color="grey", linestyle="--", linewidth=1, label=name)
 
 
@@ -99,9 +104,11 @@ def draw_grouped_bars(ax, groups: Sequence[str], series: Mapping[str, Sequence[f
 
 
 # -- charts --------------------------------------------------------------------------------------------------------
-def plot_lines(series: dict[str, list[tuple[float, float]]], path: Path, *, title: str, xlabel: str, ylabel: str,
-               references: dict[str, float] | None = None, log_x: bool = True) -> Path:
-    """One line per series of ``(x, y)`` points (sorted by name), plus dashed horizontal reference lines."""
+def plot_lines(series: Mapping[str, Sequence[tuple[float, ...]]], path: Path, *, title: str, xlabel: str,
+               ylabel: str, references: Mapping[str, float | tuple[float, float, float]] | None = None,
+               log_x: bool = True) -> Path:
+    """One line per series of ``(x, y)`` or ``(x, y, low, high)`` points (sorted by name; error bars as in
+    :func:`draw_lines`), plus dashed horizontal reference lines (with a band for ``(y, low, high)``)."""
     figure = new_figure(6.4, 4.2)
     ax = figure.add_subplot()
     draw_lines(ax, dict(sorted(series.items())), references=references)

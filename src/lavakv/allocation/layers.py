@@ -196,7 +196,8 @@ def cake_budgets(stats: torch.Tensor, total: torch.Tensor, prefix: list[int] | N
 
 
 def _spread(budgets: list[int], amount: int, eligible: list[bool], sign: int) -> None:
-    """Add ``sign * amount`` over the eligible layers: ``amount // count`` each, the first ``amount % count`` one more."""
+    """Spread ``sign * amount`` over the eligible layers: ``amount // count`` each, the first ``amount % count``
+    (in layer order) one more."""
     chosen = [j for j, ok in enumerate(eligible) if ok]
     if not chosen or amount == 0:
         return

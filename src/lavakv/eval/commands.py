@@ -115,38 +115,75 @@ def check_context(config, model) -> None:
                    fix=f"pass smaller --lengths{f' or {flag}' if flag else ''}, or a model with a longer context")
 
 
+def eval_device(device: str, shard) -> str:
+    """The device of this process: ``device`` as given for a single process; under ``torchrun`` (several ranks)
+    ``--device cuda`` becomes ``cuda:LOCAL_RANK`` (one GPU per rank) and ``cpu`` stays ``cpu`` for every rank. An
+    explicit ``cuda:N`` with several ranks -> ValueError (every rank would share one GPU)."""
+    if not shard.distributed or not device.startswith("cuda"):
+        return device
+    if device != "cuda":
+        raise ValueError(f"--device {device} under torchrun (WORLD_SIZE={shard.world_size}): give --device cuda, "
+                         "and each rank uses cuda:LOCAL_RANK")
+    import torch
+
+    if torch.cuda.is_available() and shard.local_rank >= torch.cuda.device_count():
+        raise ValueError(f"rank {shard.rank}: LOCAL_RANK={shard.local_rank} but this machine has "
+                         f"{torch.cuda.device_count()} CUDA device(s); start at most that many processes per node "
+                         "(torchrun --nproc_per_node)")
+    return f"cuda:{shard.local_rank}"
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """Run (or resume) an evaluation; print where the results are and a summary table.
 
     One ``lavakv eval`` at a time may write to an ``--out`` directory (:func:`lavakv.eval.lock.eval_lock`); a second
-    one is refused before it loads the model.
+    one is refused before it loads the model. Under ``torchrun`` each rank evaluates its share of the samples
+    (:class:`lavakv.eval.runner.Shard`); the rank that finishes a run last merges it, and the table is printed by
+    the rank that finds every run finished.
     """
     from lavakv.eval.lock import eval_lock
     from lavakv.eval.report import load_run, table
-    from lavakv.eval.runner import run_eval
+    from lavakv.eval.runner import run_eval, shard_from_env
 
+    shard = shard_from_env()
     config = config_from_args(args)
+    device = eval_device(args.device, shard)
     started = time.perf_counter()
-    with eval_lock(config.out):
-        model, tokenizer = _load(args.model, args.device, args.dtype)
+    with eval_lock(config.out, rank=shard.rank, world_size=shard.world_size):
+        if device.startswith("cuda:"):
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.set_device(device)
+        model, tokenizer = _load(args.model, device, args.dtype)
         check_context(config, model)
-        results = run_eval(model, tokenizer, config, model_id=args.model, progress=not args.no_progress)
+        results = run_eval(model, tokenizer, config, model_id=args.model, progress=not args.no_progress,
+                           shard=shard)
     wall = time.perf_counter() - started
     done = sum(r.status == "finished" for r in results)
     skipped = sum(r.status == "skipped" for r in results)
-    print(table([load_run(r.directory) for r in results]))
-    print(f"results: {Path(config.out)} ({done} run(s) finished, {skipped} skipped as finished before); "
+    runs = [load_run(r.directory) for r in results]
+    who = f"rank {shard.rank} of {shard.world_size}: " if shard.distributed else ""
+    waiting = sum(run["metrics"] is None for run in runs)
+    if shard.distributed and waiting:
+        print(f"{who}this rank's share is done; {waiting} run(s) wait for other ranks, and the rank that finishes a "
+              f"run last merges it ({done} finished here, {skipped} skipped as finished before); wall time "
+              f"{wall:.1f} s")
+        return 0
+    print(table(runs))
+    print(f"results: {Path(config.out)} ({who}{done} run(s) finished, {skipped} skipped as finished before); "
           f"wall time {wall:.1f} s")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Print the summary table of result directories and write the plots."""
+    """Print the summary tables of result directories (95 % intervals; paired comparison with ``--against``) and
+    write the plots."""
     from lavakv.eval.report import report
 
     if args.plots is not None:
         check_out_dir(args.plots, "--plots")
-    text, written = report(args.dirs, plots=args.plots)
+    text, written = report(args.dirs, plots=args.plots, against=args.against, resamples=args.resamples)
     print(text)
     for path in written:
         print(f"plot: {path}")
@@ -204,10 +241,18 @@ def add_subcommands(subparsers, parents: Sequence[argparse.ArgumentParser] = ())
 
     p = subparsers.add_parser(
         "report", parents=list(parents), help="summarise result directories: table and plots",
-        description="Print a table of the runs under the given directories (score, samples, resident KV bytes, "
-                    "RULER and LongBench aggregates) and write PNG plots: score vs budget, resident KV bytes vs "
-                    "budget, needle heatmaps.",
+        description="Print a table of the runs under the given directories (score with its 95%% bootstrap interval "
+                    "over samples, samples, resident KV bytes, RULER and LongBench aggregates), every metric with "
+                    "its interval, and with --against a paired per-sample comparison of every method with that "
+                    "one; write PNG plots: score vs budget (95%% error bars), resident KV bytes vs budget, needle "
+                    "heatmaps.",
     )
     p.add_argument("dirs", nargs="+", metavar="DIR", help="`lavakv eval --out` directories or run directories")
     p.add_argument("--plots", default=None, help="where to write the PNGs (default: <first DIR>/plots)")
+    p.add_argument("--against", default=None, metavar="METHOD",
+                   help="compare every other method with METHOD (e.g. snapkv, or full) at the same task, model, "
+                        "mode and budget, paired by sample id: mean difference with its 95%% interval, wins / ties "
+                        "/ losses, and whether it leads, trails or no difference is resolved")
+    p.add_argument("--resamples", type=int, default=10_000,
+                   help="bootstrap resamples of every interval (fixed seed; default: %(default)s)")
     p.set_defaults(func=cmd_report, run=cmd_report)

@@ -19,6 +19,16 @@ session (git commit, versions, time) to its provenance. For each sample still mi
 ``session.prefill`` fills a compressed cache for every pending run (prefill attention is exact, so each cache
 equals a separate run's), then each cache is decoded greedily on its own, the question fed through it first when
 query-agnostic. Prompt encoding, stop ids and decoding are :mod:`lavakv.generation`'s, as ``lavakv generate`` uses.
+
+Spread over processes (``torchrun``; :class:`Shard`, from the ``RANK`` / ``WORLD_SIZE`` environment): rank ``r`` of
+``W`` takes the samples whose task index ``i`` has ``i % W == r`` and appends their records to its own shard,
+``predictions.rank<r>.jsonl``, in each run directory. No collective communication is needed: the shards are
+disjoint, a rank that has done its share checks, under a short lock on ``<out>/.lavakv-eval.state.lock``, whether
+every sample asked for has a record in some shard (or in ``predictions.jsonl``), and the rank that finds a run
+complete -- the last one to finish it -- merges the shards into ``predictions.jsonl`` (kept records first, shard
+records in task order), removes them and writes ``metrics.json``. A sample recorded in any shard or in
+``predictions.jsonl`` counts as done, so a rerun, with any number of processes, resumes an interrupted one; a
+single-process run merges the shards a distributed one left.
 """
 
 from __future__ import annotations
@@ -31,6 +41,8 @@ import re
 import statistics
 import sys
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +62,69 @@ CONFIG = "config.json"
 PROVENANCE = "provenance.json"
 PREDICTIONS = "predictions.jsonl"
 METRICS = "metrics.json"
+SHARD_PATTERN = "predictions.rank*.jsonl"
+STATE_LOCK = ".lavakv-eval.state.lock"
+TIMING_KEYS = ("prefill_seconds", "decode_seconds")  # the only record fields that differ between identical reruns
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of an evaluation spread over ``world_size`` processes (``torchrun``).
+
+    Attributes:
+        rank: this process's number, ``0 <= rank < world_size`` (``RANK``).
+        world_size: how many processes share the samples (``WORLD_SIZE``); 1: a single process does everything.
+        local_rank: its number on this machine (``LOCAL_RANK``), which picks its GPU.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    def __post_init__(self) -> None:
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size or self.local_rank < 0:
+            raise ValueError(f"bad process share: RANK={self.rank}, WORLD_SIZE={self.world_size}, "
+                             f"LOCAL_RANK={self.local_rank} (need 0 <= RANK < WORLD_SIZE and LOCAL_RANK >= 0)")
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def owns(self, index: int) -> bool:
+        """Whether sample ``index`` (its position in the task) is this process's."""
+        return index % self.world_size == self.rank
+
+    @property
+    def predictions(self) -> str:
+        """The predictions file this process appends to: ``predictions.jsonl`` alone, else its shard."""
+        return shard_name(self.rank) if self.distributed else PREDICTIONS
+
+
+def shard_name(rank: int) -> str:
+    """The predictions shard of rank ``rank``."""
+    return f"predictions.rank{rank}.jsonl"
+
+
+def shard_from_env(environ: Mapping[str, str] | None = None) -> Shard:
+    """The :class:`Shard` that ``torchrun`` gives this process through ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``
+    (a single process when none is set); a value that is not a whole number, or a missing RANK -> ValueError."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, int] = {}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        raw = environ.get(name)
+        if raw is None or raw == "":
+            continue
+        try:
+            values[name] = int(raw)
+        except ValueError:
+            raise ValueError(f"environment variable {name}={raw!r} is not a whole number; launch with torchrun, "
+                             "which sets RANK, WORLD_SIZE and LOCAL_RANK, or unset it") from None
+    world = values.get("WORLD_SIZE", 1)
+    if world > 1 and "RANK" not in values:
+        raise ValueError(f"WORLD_SIZE={world} but RANK is not set; launch with torchrun, which sets both, or unset "
+                         "WORLD_SIZE")
+    rank = values.get("RANK", 0)
+    return Shard(rank=rank, world_size=world, local_rank=values.get("LOCAL_RANK", rank))
 
 
 @dataclass
@@ -100,7 +175,7 @@ class RunResult:
     directory: Path
     task: str
     label: str
-    status: str  # "finished" (this call), "skipped" (finished before), "partial" (stopped early)
+    status: str  # "finished" (this call), "skipped" (finished before), "partial" (other ranks still owe samples)
     metrics: dict[str, Any] | None
 
 
@@ -180,6 +255,108 @@ def read_predictions(path: Path) -> list[dict[str, Any]]:
     if text and not text.endswith("\n"):  # a whole last record whose newline was not written: end the line
         path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     return records
+
+
+def peek_predictions(path: Path) -> list[dict[str, Any]]:
+    """The records of a predictions file another process may be appending to, read without changing it: a torn
+    last line (a record being written, or an interrupted write) is left out; a bad line before it -> ValueError."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:  # absent, or a shard merged away meanwhile
+        return []
+    lines = text.splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines) and not text.endswith("\n"):
+                break
+            raise ValueError(f"{path} line {number} is not JSON; delete the run directory to redo it") from None
+        if not isinstance(record, dict) or "id" not in record:
+            raise ValueError(f"{path} line {number} is not a prediction record (no 'id'); delete the run directory "
+                             "to redo it")
+        records.append(record)
+    return records
+
+
+def shard_files(directory: Path) -> list[Path]:
+    """The predictions shards of a run directory, by rank."""
+    def rank(path: Path) -> int:
+        digits = path.name.removeprefix("predictions.rank").removesuffix(".jsonl")
+        return int(digits) if digits.isdigit() else -1
+
+    return sorted((p for p in directory.glob(SHARD_PATTERN) if rank(p) >= 0), key=rank)
+
+
+def prediction_files(directory: Path) -> list[Path]:
+    """Every file of a run directory that holds prediction records: ``predictions.jsonl``, then the shards."""
+    return [directory / PREDICTIONS, *shard_files(directory)]
+
+
+def load_records(directory: Path, own: str | None = None) -> list[dict[str, Any]]:
+    """The prediction records of a run directory, from ``predictions.jsonl`` and every shard (the first record of
+    an id wins). The file named ``own`` (this process's) is read by :func:`read_predictions`, which repairs a torn
+    last line; the others are only read (another process may be appending to them)."""
+    records: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for path in prediction_files(directory):
+        for record in read_predictions(path) if path.name == own else peek_predictions(path):
+            if record["id"] not in seen:
+                seen.add(record["id"])
+                records.append(record)
+    return records
+
+
+def merge_shards(directory: Path) -> bool:
+    """Fold the shards of a run directory into ``predictions.jsonl`` (its records first, then the shards' records
+    not in it, in task order; one record per id) and remove them; False when there was no shard. The new
+    ``predictions.jsonl`` replaces the old one atomically before any shard is removed, so a crash loses nothing."""
+    shards = shard_files(directory)
+    if not shards:
+        return False
+    kept = peek_predictions(directory / PREDICTIONS)
+    seen = {r["id"] for r in kept}
+    added: list[dict[str, Any]] = []
+    for shard in shards:
+        for record in peek_predictions(shard):
+            if record["id"] not in seen:
+                seen.add(record["id"])
+                added.append(record)
+    added.sort(key=lambda r: (r.get("index", 0), r["id"]))
+    path = directory / PREDICTIONS
+    tmp = path.with_suffix(".jsonl.tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(r, default=_json_default) + "\n" for r in kept + added)
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.replace(path)
+    for shard in shards:
+        shard.unlink(missing_ok=True)
+    return True
+
+
+@contextmanager
+def state_lock(out: Path, shard: Shard) -> Iterator[None]:
+    """Serialise the short read-modify-write steps on run directories between the processes of one distributed
+    evaluation (reading what is done, provenance, merging): a blocking ``flock`` on ``<out>/.lavakv-eval.state.lock``.
+    A single process needs none (the eval lock keeps other evaluations out)."""
+    if not shard.distributed:
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX: no locking
+        yield
+        return
+    fd = os.open(out / STATE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:
@@ -263,17 +440,22 @@ def evaluate_sample(model, tokenizer, session, task: Task, sample: Sample, metho
 
 
 # -- the runner ----------------------------------------------------------------------------------------------------
-def run_eval(model, tokenizer, config: EvalConfig, *, model_id: str, progress: bool = True) -> list[RunResult]:
+def run_eval(model, tokenizer, config: EvalConfig, *, model_id: str, progress: bool = True,
+             shard: Shard | None = None) -> list[RunResult]:
     """Run (or resume) every run of ``config``; returns one :class:`RunResult` per run directory.
 
     Args:
         model: a supported causal LM (``eval()`` mode); tokenizer: its tokenizer.
         config: what to run.
         model_id: the model's name or path, as recorded and used in directory names.
-        progress: show a progress bar with ETA on stderr.
+        progress: show a progress bar with ETA on stderr (rank 0 only when distributed).
+        shard: this process's share when the evaluation is spread over processes (:func:`shard_from_env`); None:
+            a single process does every sample. A rank's run is ``"finished"`` when it merged it (it was the last
+            to finish it), ``"partial"`` while other ranks still owe samples.
     """
     from tqdm.auto import tqdm
 
+    shard = shard or Shard()
     runs = plan_runs(config)  # validate before any work
     tasks = build_tasks(config.task, tokenizer, config.options)
     out = Path(config.out)
@@ -284,8 +466,11 @@ def run_eval(model, tokenizer, config: EvalConfig, *, model_id: str, progress: b
     full = make_method("full")
     session_record = collect(model, model_id, seed=config.options.seed, attn_implementation=attn_implementation)
     session_record["attention_route"] = "lavakv attention function (exact SDPA prefill; kept entries after)"
+    if shard.distributed:
+        session_record["world_size"] = shard.world_size
     later_session = {k: session_record.get(k) for k in ("lavakv_version", "git", "torch", "transformers",
-                                                         "model_sha256", "started_at")}
+                                                         "model_sha256", "started_at", "world_size")
+                     if k in session_record}
     with torch.no_grad(), full.attach(model) as session:
         for task in tasks:
             if config.query_agnostic and not task.generates:
@@ -296,32 +481,34 @@ def run_eval(model, tokenizer, config: EvalConfig, *, model_id: str, progress: b
                 raise ValueError(f"{task.name}: samples {', '.join(repeated[:5])} occur more than once; remove "
                                  "repeated --lengths / --depths values (LongBench: records with the same _id)")
             states: list[_RunState] = []
-            for run in runs:
-                resolved = run_config(task, run, config, model, model_id)
-                directory = run_directory(out, resolved)
-                finished = _finished_metrics(directory, ids)
-                if finished is not None:
-                    logger.info("%s %s: finished before, skipped (%s)", task.name, run.label, directory)
-                    results.append(RunResult(directory, task.name, run.label, "skipped", finished))
-                    continue
-                directory.mkdir(parents=True, exist_ok=True)
-                if not (directory / CONFIG).exists():
-                    write_json(directory / CONFIG, resolved)
-                records = read_predictions(directory / PREDICTIONS)
-                done = {r["id"] for r in records}
-                if not (directory / PROVENANCE).exists():
-                    write_json(directory / PROVENANCE, {**session_record, "wall_seconds": 0.0})
-                elif not done.issuperset(ids):  # resumed or extended: log this session too
-                    provenance = json.loads((directory / PROVENANCE).read_text())
-                    provenance.setdefault("later_sessions", []).append(later_session)
-                    write_json(directory / PROVENANCE, provenance)
-                states.append(_RunState(run, directory, done, records))
+            with state_lock(out, shard):
+                for run in runs:
+                    resolved = run_config(task, run, config, model, model_id)
+                    directory = run_directory(out, resolved)
+                    finished = _finished_metrics(directory, ids)
+                    if finished is not None:
+                        logger.info("%s %s: finished before, skipped (%s)", task.name, run.label, directory)
+                        results.append(RunResult(directory, task.name, run.label, "skipped", finished))
+                        continue
+                    directory.mkdir(parents=True, exist_ok=True)
+                    if not (directory / CONFIG).exists():
+                        write_json(directory / CONFIG, resolved)
+                    records = load_records(directory, own=shard.predictions)
+                    done = {r["id"] for r in records}
+                    if not (directory / PROVENANCE).exists():
+                        write_json(directory / PROVENANCE, {**session_record, "wall_seconds": 0.0})
+                    elif not done.issuperset(ids) and shard.rank == 0:  # resumed or extended: log this session too
+                        provenance = json.loads((directory / PROVENANCE).read_text())
+                        provenance.setdefault("later_sessions", []).append(later_session)
+                        write_json(directory / PROVENANCE, provenance)
+                    states.append(_RunState(run, directory, done, records))
             if not states:
                 continue
-            todo = [i for i in range(len(task)) if any(ids[i] not in s.done for s in states)]
+            todo = [i for i in range(len(task)) if shard.owns(i) and any(ids[i] not in s.done for s in states)]
             started = time.perf_counter()
             try:
-                bar = tqdm(todo, desc=task.name, unit="sample", disable=not progress, file=sys.stderr)
+                desc = task.name if not shard.distributed else f"{task.name} [rank {shard.rank}/{shard.world_size}]"
+                bar = tqdm(todo, desc=desc, unit="sample", disable=not progress or shard.rank != 0, file=sys.stderr)
                 for index in bar:
                     sample = task.sample(index)
                     pending = [s for s in states if sample.id not in s.done]
@@ -331,24 +518,56 @@ def run_eval(model, tokenizer, config: EvalConfig, *, model_id: str, progress: b
                         record = {"id": sample.id, "index": index, "label": state.run.label,
                                   "references": sample.references, "meta": sample.meta, **outcome,
                                   "shared_prefill_runs": len(pending)}
-                        append_record(state.directory / PREDICTIONS, record)
+                        append_record(state.directory / shard.predictions, record)
                         state.done.add(sample.id)
                         state.records.append(record)
             finally:
                 elapsed = time.perf_counter() - started
-                for state in states:
-                    _add_wall_time(state.directory, elapsed)
+                with state_lock(out, shard):
+                    for state in states:
+                        _add_wall_time(state.directory, elapsed, shard)
             for state in states:
-                metrics = finish_run(task, state, ids)
-                status = "skipped" if "sample_ids_on_disk" in metrics else "finished"
-                results.append(RunResult(state.directory, task.name, state.run.label, status, metrics))
+                results.append(_complete(task, state, ids, out, shard))
     return results
 
 
-def _add_wall_time(directory: Path, seconds: float) -> None:
+def _complete(task: Task, state: _RunState, ids: list[str], out: Path, shard: Shard) -> RunResult:
+    """Finish a run whose samples this process has done: merge any shards and write its metrics if every sample
+    has a record (single process: always), else leave it to the rank that finishes it last."""
+    def result(status: str, metrics: dict[str, Any] | None) -> RunResult:
+        return RunResult(state.directory, task.name, state.run.label, status, metrics)
+
+    with state_lock(out, shard):
+        if not shard.distributed:
+            merge_shards(state.directory)  # left by an interrupted distributed run
+            metrics = finish_run(task, state, ids)
+            return result("skipped" if "sample_ids_on_disk" in metrics else "finished", metrics)
+        finished = _finished_metrics(state.directory, ids)
+        if finished is not None:  # another rank completed and merged it after this one read its state
+            return result("finished", finished)
+        state.records = load_records(state.directory)
+        state.done = {r["id"] for r in state.records}
+        if not state.done.issuperset(ids):
+            owed = sum(i not in state.done for i in ids)
+            logger.info("%s %s: rank %d's share done; %d sample(s) left to other ranks", task.name, state.run.label,
+                        shard.rank, owed)
+            return result("partial", None)
+        merge_shards(state.directory)
+        state.records = load_records(state.directory)
+        metrics = finish_run(task, state, ids)
+        return result("skipped" if "sample_ids_on_disk" in metrics else "finished", metrics)
+
+
+def _add_wall_time(directory: Path, seconds: float, shard: Shard) -> None:
+    """Add a session's time to the provenance: ``wall_seconds`` (rank 0's time when distributed: the ranks run side
+    by side) and, when distributed, ``rank_seconds`` per rank."""
     path = directory / PROVENANCE
     record = json.loads(path.read_text())
-    record["wall_seconds"] = float(record.get("wall_seconds", 0.0)) + seconds
+    if shard.rank == 0:
+        record["wall_seconds"] = float(record.get("wall_seconds", 0.0)) + seconds
+    if shard.distributed:
+        ranks = record.setdefault("rank_seconds", {})
+        ranks[str(shard.rank)] = float(ranks.get(str(shard.rank), 0.0)) + seconds
     write_json(path, record)
 
 
