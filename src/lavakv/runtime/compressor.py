@@ -130,7 +130,8 @@ class Compressor:
         scores = c.scorer(inputs)
         mean = (self.budget - c.window).clamp_min(0)  # [b] B - w
         if not c.layers.cascade:
-            budget = c.layers.budgets(len(self.layers), mean)[self.layers.index(layer_idx)]
+            budget = c.layers.budgets(len(self.layers), mean, real_tokens=self.real_tokens, window=c.window)[
+                self.layers.index(layer_idx)]
             self.budgets[layer_idx] = budget
             self._select(layer_idx, scores, budget, self._keeps_all(budget), keep_candidates=False)
             return
@@ -145,7 +146,8 @@ class Compressor:
         self.statistics[layer_idx] = statistic
         self._candidates[layer_idx] = _Candidates(None, scores)
         seen = list(self.statistics)
-        budgets = c.layers.budgets(torch.stack([self.statistics[j] for j in seen]), mean * len(self.layers))
+        budgets = c.layers.budgets(torch.stack([self.statistics[j] for j in seen]), mean * len(self.layers),
+                                   real_tokens=self.real_tokens, window=c.window)
         final = len(seen) == len(self.layers)
         for j, budget in zip(seen, budgets, strict=True):
             self.budgets[j] = budget
