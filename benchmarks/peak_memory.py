@@ -26,6 +26,8 @@ from common import write_result
 from peak import child_env, peak_bytes, reset_peak, rss_bytes
 from prompts import ids_digest, prompt_ids
 
+from lavakv.compat import cache_kwargs
+
 
 def child(args) -> None:
     from transformers.utils import logging as hf_logging
@@ -52,7 +54,7 @@ def child(args) -> None:
         else:
             with method.attach(model) as session:
                 cache = session.cache()
-                model(ids, cache=cache, logits_to_keep=1)
+                model(ids, **cache_kwargs(cache), logits_to_keep=1)
                 st = session.stats(cache)
                 resident, kept = st.resident_kv_bytes, st.kept_entries
     peak = peak_bytes()

@@ -26,6 +26,7 @@ import torch
 from common import write_result
 
 import lavakv
+from lavakv.compat import cache_kwargs
 
 
 def tiny_model() -> torch.nn.Module:
@@ -47,7 +48,7 @@ def prefill(model, ids, name, budget, window):
         cache = session.cache()
         start = time.perf_counter()
         with torch.no_grad():
-            model(ids, cache=cache, logits_to_keep=1)
+            model(ids, **cache_kwargs(cache), logits_to_keep=1)
         seconds = time.perf_counter() - start
         st = session.stats()
     return seconds, st

@@ -9,6 +9,7 @@ import torch
 from test_eval_support import tiny_eval_pair
 
 import lavakv
+from lavakv.compat import cache_kwargs
 from lavakv.eval import EvalConfig, TaskOptions, run_eval
 from lavakv.eval import runner as runner_module
 from lavakv.eval.runner import PREDICTIONS, plan_runs, read_predictions
@@ -31,7 +32,7 @@ def _feed(model, cache, ids: list[int], past: int) -> torch.Tensor:
     positions = torch.arange(past, past + len(ids))[None]
     with torch.no_grad():
         out = model(block, attention_mask=torch.ones(1, past + len(ids), dtype=torch.long), position_ids=positions,
-                    cache=cache, logits_to_keep=1)
+                    **cache_kwargs(cache), logits_to_keep=1)
     return out.logits[:, -1]
 
 
@@ -44,7 +45,7 @@ def _alone(model, tokenizer, method, ids, *, agnostic_split=None, max_new_tokens
         prefix = ids if agnostic_split is None else ids[:agnostic_split]
         x = torch.tensor([prefix])
         with torch.no_grad():
-            logits = model(x, attention_mask=torch.ones_like(x), cache=cache, logits_to_keep=1).logits[:, -1]
+            logits = model(x, attention_mask=torch.ones_like(x), **cache_kwargs(cache), logits_to_keep=1).logits[:, -1]
         stats = session.stats(cache)  # right after the compressed prefill
         past = len(prefix)
         if agnostic_split is not None:
@@ -98,7 +99,7 @@ def test_shared_prefill_caches_are_identical_and_decoding_matches_generate():
     for method, stat, decoded in zip(methods, shared, tokens, strict=True):
         with method.attach(model) as session:
             cache = session.cache()
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), cache=cache, max_new_tokens=7,
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), **cache_kwargs(cache), max_new_tokens=7,
                                  do_sample=False, pad_token_id=0, eos_token_id=sorted(stops))
             alone = session.stats(cache)
         assert out[0, 120:].tolist() == decoded

@@ -9,6 +9,7 @@ import torch
 from conftest import char_tokenizer, tiny_model
 
 import lavakv
+from lavakv.compat import cache_kwargs
 from lavakv.generation import generate, prompt_ids
 from lavakv.haystack import answer_correct, build_haystack, normalize
 
@@ -255,8 +256,8 @@ def test_real_model_generate_equals_transformers_greedy_generate():
     result = generate(model, tokenizer, context, question="What is the capital of Japan?", max_new_tokens=12)
     ids = torch.tensor([prompt_ids(tokenizer, context, "What is the capital of Japan?").whole])
     with lavakv.method("full").attach(model) as session:
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), cache=session.cache(), max_new_tokens=12,
-                             do_sample=False, eos_token_id=sorted(stop_ids(model, tokenizer)),
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), **cache_kwargs(session.cache()),
+                             max_new_tokens=12, do_sample=False, eos_token_id=sorted(stop_ids(model, tokenizer)),
                              pad_token_id=tokenizer.pad_token_id)
     expected = out[0, ids.shape[1]:].tolist()
     assert result.new_tokens == len(expected)

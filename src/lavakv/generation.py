@@ -28,6 +28,7 @@ from typing import NamedTuple
 import torch
 from tqdm.auto import tqdm
 
+from lavakv.compat import cache_kwargs
 from lavakv.methods import Method
 from lavakv.methods import method as make_method
 from lavakv.timing import sync
@@ -197,7 +198,7 @@ def decode_from_cache(model, cache, first_logits: torch.Tensor, *, max_new_token
             past = cache.get_seq_length()
             out = model(torch.tensor([[token]], device=device), attention_mask=torch.ones(
                 1, past + 1, dtype=torch.long, device=device), position_ids=torch.tensor([[past]], device=device),
-                cache=cache, logits_to_keep=1)
+                **cache_kwargs(cache), logits_to_keep=1)
             logits = out.logits[:, -1]
 
 

@@ -21,6 +21,8 @@ from typing import TypeVar
 import torch
 from tqdm.auto import tqdm
 
+from lavakv.compat import cache_kwargs
+
 K = TypeVar("K", bound=Hashable)
 
 
@@ -89,7 +91,7 @@ def decode_step_medians(model, caches: Mapping[K, object], token: torch.Tensor, 
     def step(cache):
         def run():
             with torch.no_grad():
-                model(token, cache=cache, logits_to_keep=1)
+                model(token, **cache_kwargs(cache), logits_to_keep=1)
 
         return run
 

@@ -28,15 +28,10 @@ import weakref
 from dataclasses import dataclass
 
 import torch
-from transformers.cache_utils import (
-    DYNAMIC_LAYER_TYPE_MAPPING,
-    Cache,
-    CacheLayerMixin,
-    DynamicSlidingWindowLayer,
-    get_layer_types_and_kwargs,
-)
+from transformers.cache_utils import Cache, CacheLayerMixin, DynamicSlidingWindowLayer
 
 from lavakv.cache.storage import DenseKV, RaggedKV
+from lavakv.compat import dynamic_layer, layer_types_and_kwargs
 
 # The attention function transformers calls receives the key tensor that ``CompressedLayer.update`` returned, but
 # not the cache or the layer. The layer is therefore found by the identity of that tensor: ``id(keys)`` -> layer,
@@ -135,7 +130,7 @@ class CompressedLayer(CacheLayerMixin):
         if first:
             self.lazy_initialization(key_states, value_states)
             if not self.fits(new):
-                self.sliding = DynamicSlidingWindowLayer(self.sliding_window)
+                self.sliding = DynamicSlidingWindowLayer(sliding_window=self.sliding_window)
             else:
                 self.dense = DenseKV(key_states, value_states)
                 self._pending = True
@@ -239,6 +234,8 @@ class CompressedLayer(CacheLayerMixin):
     def get_max_length(self) -> int:
         return -1
 
+    get_max_cache_shape = get_max_length  # the abstract method's name before transformers 5.13
+
     def reset(self) -> None:
         self.__init__(self._owner(), self.sliding_window)
 
@@ -279,16 +276,16 @@ class CompressedCache(Cache):
 
     def __init__(self, config, owner) -> None:
         text_config = config.get_text_config(decoder=True)
-        layer_types, per_layer_kwargs = get_layer_types_and_kwargs(text_config)
+        layer_types, per_layer_kwargs = layer_types_and_kwargs(text_config)
         self._owner = owner
         layers = []
-        for layer_type, kwargs in zip(layer_types, per_layer_kwargs, strict=False):
+        for index, (layer_type, kwargs) in enumerate(zip(layer_types, per_layer_kwargs, strict=False)):
             if layer_type == "full_attention":
                 layers.append(CompressedLayer(self))
             elif layer_type == "sliding_attention":
                 layers.append(CompressedLayer(self, sliding_window=kwargs["sliding_window"]))
             else:
-                layers.append(DYNAMIC_LAYER_TYPE_MAPPING[layer_type](**kwargs))
+                layers.append(dynamic_layer(text_config, index, layer_type, kwargs))
         super().__init__(layers=layers)
 
     def check_usable(self) -> None:

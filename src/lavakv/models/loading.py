@@ -285,12 +285,14 @@ def _load_gguf_file(path: Path, *, dtype: torch.dtype, device: str | torch.devic
 def _from_gguf(path: Path) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
     """Tokenizer and dense float32 model from a GGUF file, through transformers' GGUF loader."""
     _require_accelerate()
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lavakv.compat import gguf_dequantize_kwargs
 
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     model = AutoModelForCausalLM.from_pretrained(
         str(path.parent), gguf_file=path.name, dtype=torch.float32, attn_implementation="sdpa",
-        quantization_config=GgufConfig(dequantize=True),
+        **gguf_dequantize_kwargs(),
     )
     _drop_gguf_quantizer(model)
     return tokenizer, model

@@ -26,6 +26,7 @@ import torch
 
 from lavakv.attention.dispatch import ATTENTION_NAME, register
 from lavakv.cache.compressed import CompressedCache, CompressedLayer
+from lavakv.compat import cache_from, cache_kwargs
 from lavakv.models.support import check_supported
 from lavakv.runtime.components import Components, Resolvable
 from lavakv.runtime.compressor import Compressor
@@ -191,7 +192,7 @@ class Session:
         try:
             with torch.no_grad():
                 logits = self.model(
-                    input_ids, attention_mask=attention_mask, cache=caches[0], logits_to_keep=1
+                    input_ids, attention_mask=attention_mask, **cache_kwargs(caches[0]), logits_to_keep=1
                 ).logits[:, -1]
         finally:
             del self._followers[caches[0]]
@@ -227,7 +228,7 @@ class Session:
                 device=input_ids.device,
             )
         with self.extending(cache), torch.no_grad():
-            return self.model(input_ids=input_ids, attention_mask=attention_mask, cache=cache,
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, **cache_kwargs(cache),
                               logits_to_keep=1)
 
     # -- what a cache holds -------------------------------------------------------------------------------------------
@@ -294,7 +295,7 @@ class Session:
         tensor = ids if ids is not None else embeds
         if tensor is not None and tensor.dim() >= 2 and tensor.shape[1] == 0:
             raise ValueError("empty prompt: input_ids has 0 tokens; give at least one token to generate from")
-        cache = kwargs.get("past_key_values", kwargs.get("cache"))
+        cache = cache_from(kwargs)
         if not isinstance(cache, CompressedCache):
             return None
         compressor = self.compressor(cache)
@@ -322,7 +323,7 @@ class Session:
 
     def _after_attention(self, module, args, kwargs, output):
         """Attention-module forward hook: compress the layer whose exact prefill just ran, in every cache filled."""
-        cache = kwargs.get("past_key_values", kwargs.get("cache"))
+        cache = cache_from(kwargs)
         if not isinstance(cache, CompressedCache):
             return None
         layer_idx = module.layer_idx
@@ -348,7 +349,7 @@ class Session:
 
     def _after_forward(self, module, args, kwargs, output):
         """Model forward hook: a cache whose method compresses but that compressed no layer says so, once."""
-        cache = kwargs.get("past_key_values", kwargs.get("cache"))
+        cache = cache_from(kwargs)
         if not isinstance(cache, CompressedCache):
             return None
         for target in (cache, *self._followers.get(cache, [])):

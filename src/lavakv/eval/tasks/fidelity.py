@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from lavakv.compat import cache_kwargs
 from lavakv.eval.tasks.base import Sample, Task, TaskOptions, resolve
 from lavakv.eval.tasks.sources import read_source, stdlib_files, stdlib_root
 
@@ -111,7 +112,7 @@ class FidelityTask(Task):
             for cache in caches:
                 with session.extending(cache):
                     out = model(block, attention_mask=torch.ones(1, n + block.shape[1], dtype=torch.long,
-                                                                 device=device), cache=cache)
+                                                                 device=device), **cache_kwargs(cache))
                 logprobs.append(torch.log_softmax(out.logits[0].float(), dim=-1))  # [c - 1, vocab]
         reference = logprobs[0]
         nll_full = -reference.gather(1, targets[:, None]).mean()
