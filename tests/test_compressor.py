@@ -21,7 +21,12 @@ def test_compress_after_prefill_equals_compressing_during_prefill(name):
         with torch.no_grad():
             model(ids, attention_mask=mask, past_key_values=direct)
     with lavakv.method(name, budget=10_000, window=window).attach(model) as session:
-        later = session.cache()
+        plain = session.cache()  # window queries are kept only on request
+        with torch.no_grad():
+            model(ids, attention_mask=mask, past_key_values=plain)
+        with pytest.raises(ValueError, match="record_window_queries"):
+            session.window_queries(plain, 0)
+        later = session.cache(record_window_queries=True)
         with torch.no_grad():
             model(ids, attention_mask=mask, past_key_values=later)
         assert not any(layer.compressed for layer in later.layers)

@@ -296,7 +296,7 @@ def test_window_attention_reproduces_the_layers_own_output():
              for i, layer in enumerate(model.model.layers)]
     try:
         with method.attach(model) as session:
-            (cache,), _ = session.prefill(ids, torch.ones_like(ids), [method])
+            (cache,), _ = session.prefill(ids, torch.ones_like(ids), [method], record_window_queries=True)
             layers = session.stats(cache).layers
             assert layers
             for index in layers:

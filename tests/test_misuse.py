@@ -249,3 +249,26 @@ def test_compressed_layers_are_compressed_layer_objects():
         stats = session.stats(cache)
     assert all(isinstance(layer, CompressedLayer) for layer in cache.layers)
     assert stats.layers == [1, 3]  # the sliding layers (window 8 < 60 tokens) are transformers' own past the window
+
+
+def test_extend_without_a_mask_on_a_padded_cache_is_refused():
+    model = tiny_model("llama")
+    ids, mask = prompt(batch=2, length=50, pad=(0, 6))
+    with lavakv.method("snapkv", budget=16, window=4).attach(model) as session:
+        cache = session.cache()
+        with torch.no_grad():
+            model(ids, attention_mask=mask, past_key_values=cache)
+        with pytest.raises(ValueError, match="left-padded"):
+            session.extend(cache, torch.ones(2, 3, dtype=torch.long))
+        full_mask = torch.cat([mask, torch.ones(2, 3, dtype=mask.dtype)], dim=1)
+        assert session.extend(cache, torch.ones(2, 3, dtype=torch.long), full_mask).logits.shape[0] == 2
+
+
+def test_kept_entries_of_an_uncompressed_layer_exclude_decoded_tokens():
+    model = tiny_model("llama", layers=2)
+    ids, mask = prompt(batch=1, length=40)
+    with lavakv.method("snapkv", budget=64, window=4).attach(model) as session:  # budget above the prompt
+        cache = session.cache()
+        _greedy(model, ids, mask, cache, new=5)
+        keys, values, lengths = session.kept_entries(cache, 0)
+    assert lengths.tolist() == [[40, 40]] and keys.shape[0] == values.shape[0] == 80

@@ -133,6 +133,7 @@ class CompressedLayer(CacheLayerMixin):
                 self.sliding = DynamicSlidingWindowLayer(sliding_window=self.sliding_window)
             else:
                 self.dense = DenseKV(key_states, value_states)
+                self.dense_prompt_entries = new
                 self._pending = True
         elif self.sliding is None and self.compressed and not self.fits(self.logical_length + new):
             raise RuntimeError(
@@ -218,7 +219,7 @@ class CompressedLayer(CacheLayerMixin):
                              "window)")
         if self.prefix is not None:
             return self.prefix.flat()
-        keys = self.dense.keys[:, :, : self.dense_prompt_entries or self.dense.length]
+        keys = self.dense.keys[:, :, : self.dense_prompt_entries]  # decoded tokens after them are not prompt
         values = self.dense.values[:, :, : keys.shape[2]]
         return keys.reshape(-1, keys.shape[-1]), values.reshape(-1, values.shape[-1])
 

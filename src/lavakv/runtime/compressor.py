@@ -58,14 +58,19 @@ class Compressor:
         layers: the layers compressed for this prompt (full attention, or sliding with the prompt inside the window).
         budgets: layer -> ``[batch]`` current prefix budget B_l (window excluded).
         statistics: layer -> ``[batch]`` cascade statistic (LAVa entropy, CAKE preference), in layer order.
-        window_queries: layer -> ``[batch, q_heads, w, head_dim]`` the last ``window`` prefill queries (a copy).
+        record_window_queries: whether to keep each layer's window queries (off by default: they cost about as much
+            memory as a small compressed cache).
+        window_queries: layer -> ``[batch, q_heads, w, head_dim]`` the last ``window`` prefill queries (a copy shared
+            by the caches of one prefill), when recorded.
         scaling: layer -> the softmax scale the layer used.
         seconds: compression time, shared window attention charged in full to each cache that reads it.
         wall_seconds: compression time this cache actually spent.
     """
 
-    def __init__(self, components: Components | None, cache: CompressedCache) -> None:
+    def __init__(self, components: Components | None, cache: CompressedCache, *, record_window_queries: bool = False
+                 ) -> None:
         self.components = components
+        self.record_window_queries = record_window_queries
         self._cache = weakref.ref(cache)
         self.valid: torch.Tensor | None = None
         self.real_tokens: torch.Tensor | None = None
@@ -111,9 +116,10 @@ class Compressor:
         if self.real_tokens is None:
             self.start_prompt(inputs.valid)
         self._observed.append(layer_idx)
-        if self.components is not None and inputs.tokens > 0:
-            self.window_queries[layer_idx] = inputs.window_queries().detach().clone()
+        if self.components is not None:
             self.scaling[layer_idx] = inputs.scaling
+            if self.record_window_queries:
+                self.window_queries[layer_idx] = inputs.window_queries_copy()
         if self.components is None or not bool(self.active.any()):
             return
         reads, spent = inputs.window_reads, inputs.window_seconds

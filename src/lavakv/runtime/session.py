@@ -150,17 +150,18 @@ class Session:
             )
 
     # -- caches -------------------------------------------------------------------------------------------------
-    def cache(self, method: Resolvable | None = None) -> CompressedCache:
+    def cache(self, method: Resolvable | None = None, *, record_window_queries: bool = False) -> CompressedCache:
         """A fresh compressed cache for one prompt (pass it as ``past_key_values``).
 
         ``method`` defaults to the session's; any method may be given, since decoding over a compressed cache
-        does not depend on how it was compressed.
+        does not depend on how it was compressed. ``record_window_queries`` keeps each compressed layer's window
+        queries for :meth:`window_queries` (and :meth:`Compressor.compress` later).
         """
         if not self._live:
             raise RuntimeError("session.cache() must be called inside `with method.attach(model) as session:`")
         components = self._components if method is None else method.resolve()
         cache = CompressedCache(self.model.config, self)
-        self._compressors[cache] = Compressor(components, cache)
+        self._compressors[cache] = Compressor(components, cache, record_window_queries=record_window_queries)
         self._last = cache
         return cache
 
@@ -172,7 +173,8 @@ class Session:
             raise ValueError("this cache was not made by this session: use session.cache()") from None
 
     def prefill(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, methods: list[Resolvable]
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, methods: list[Resolvable], *,
+        record_window_queries: bool = False,
     ) -> tuple[list[CompressedCache], torch.Tensor]:
         """One exact prefill that fills a compressed cache per method.
 
@@ -182,12 +184,13 @@ class Session:
 
         Args:
             input_ids: ``[batch, tokens]``; attention_mask: ``[batch, tokens]`` (left padding) or None.
+            record_window_queries: as in :meth:`cache`.
         Returns:
             the caches (aligned with ``methods``) and the last prompt position's logits ``[batch, vocab]``.
         """
         if not methods:
             raise ValueError("prefill needs at least one method")
-        caches = [self.cache(m) for m in methods]
+        caches = [self.cache(m, record_window_queries=record_window_queries) for m in methods]
         self._followers[caches[0]] = caches[1:]
         try:
             with torch.no_grad():
@@ -223,6 +226,12 @@ class Session:
         all ones. Returns the model output (logits of the last position only).
         """
         if attention_mask is None:
+            valid = self.compressor(cache).valid
+            if valid is not None and not bool(valid.all()):
+                raise ValueError(
+                    "this cache holds a left-padded batch: pass attention_mask ([batch, held + new], 0 on the padding) "
+                    "so the new tokens do not attend to the padding"
+                )
             attention_mask = torch.ones(
                 input_ids.shape[0], cache.get_seq_length() + input_ids.shape[1], dtype=torch.long,
                 device=input_ids.device,
@@ -271,12 +280,16 @@ class Session:
         compressor = self.compressor(cache)
         queries = compressor.window_queries.get(layer_idx)
         if queries is None:
-            raise ValueError(f"no window queries recorded for layer {layer_idx}: it was not compressed by this cache")
+            raise ValueError(
+                f"no window queries recorded for layer {layer_idx}: make the cache with record_window_queries=True "
+                "(session.cache / session.prefill) and a compressing method"
+            )
         return queries, compressor.scaling[layer_idx]
 
     def kept_entries(self, cache: CompressedCache, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The prompt entries a layer holds: keys and values ``[entries, head_dim]`` in (batch, head, position)
-        order, and ``[batch, kv_heads]`` entries per head. Within a head, entries keep their prompt order."""
+        order, and ``[batch, kv_heads]`` entries per head. Within a head, entries keep their prompt order. A layer
+        that evicted nothing holds every prompt position, left padding included; decoded tokens are never included."""
         layer = cache.layers[layer_idx]
         if not isinstance(layer, CompressedLayer) or not layer.compressible:
             raise ValueError(f"layer {layer_idx} is not a compressed layer of this cache")

@@ -31,6 +31,7 @@ class ScoringInputs:
     scaling: float
     window: int
     _window_attention: torch.Tensor | None = field(default=None, repr=False)
+    _window_copy: torch.Tensor | None = field(default=None, repr=False)
     #: seconds spent computing the window attention, and how many times it was asked for (cost attribution)
     window_seconds: float = field(default=0.0, repr=False)
     window_reads: int = field(default=0, repr=False)
@@ -46,6 +47,13 @@ class ScoringInputs:
     @property
     def tokens(self) -> int:
         return self.keys.shape[2]
+
+    def window_queries_copy(self) -> torch.Tensor:
+        """A copy of :meth:`window_queries` (made once, shared by every cache that keeps it), so keeping it does not
+        keep the full query tensor alive."""
+        if self._window_copy is None:
+            self._window_copy = self.window_queries().detach().clone()
+        return self._window_copy
 
     def window_queries(self) -> torch.Tensor:
         """The last ``window`` queries, ``[batch, q_heads, window, head_dim]``."""

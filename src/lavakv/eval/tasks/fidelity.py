@@ -98,7 +98,7 @@ class FidelityTask(Task):
         device = next(model.parameters()).device
         ids = torch.tensor([prompt], device=device)  # [1, n]
         everyone = [make_method("full"), *methods]
-        caches, _ = session.prefill(ids, torch.ones_like(ids), everyone)
+        caches, _ = session.prefill(ids, torch.ones_like(ids), everyone, record_window_queries=True)
         stats = [session.stats(c) for c in caches]
         # a method that does not compress (``full``) evicts nothing: its attention output is exact in every layer
         errors = [[]] + [attention_errors(session, caches[0], cache, m.window) if m.compresses
