@@ -28,7 +28,16 @@ from lavakv.eval.intervals import (
     paired_comparison,
     stratified_interval,
 )
-from lavakv.eval.runner import CONFIG, METRICS, PREDICTIONS, PROVENANCE, shard_files, slug
+from lavakv.eval.runner import (
+    CONFIG,
+    METRICS,
+    PREDICTIONS,
+    PROVENANCE,
+    damaged_file,
+    parse_records,
+    shard_files,
+    slug,
+)
 from lavakv.eval.tasks.longbench import CATEGORIES, ENGLISH_16, GENERATION, summarize
 from lavakv.plotting import MIB, plot_heatmap, plot_lines
 
@@ -54,16 +63,11 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
     return sorted(set(found))
 
 
-def _damaged(path: Path, problem: str) -> ValueError:
-    return ValueError(f"{path}: damaged results file ({problem}); fix or delete it, or delete the run directory "
-                      f"{path.parent} and rerun `lavakv eval` to redo that run")
-
-
 def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
-        raise _damaged(path, f"not UTF-8 text: byte 0x{error.object[error.start]:02x} at offset {error.start}"
+        raise damaged_file(path, f"not UTF-8 text: byte 0x{error.object[error.start]:02x} at offset {error.start}"
                        ) from None
     except OSError as error:
         raise ValueError(f"{path}: cannot read it ({error.strerror or error}); check its permissions") from None
@@ -74,35 +78,18 @@ def _read_json(path: Path, keys: tuple[str, ...] = ()) -> dict[str, Any]:
     try:
         data = json.loads(_read_text(path))
     except json.JSONDecodeError as error:
-        raise _damaged(path, f"not valid JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
+        raise damaged_file(path, f"not valid JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
     if not isinstance(data, dict):
-        raise _damaged(path, f"a JSON {type(data).__name__}, not an object")
+        raise damaged_file(path, f"a JSON {type(data).__name__}, not an object")
     missing = [key for key in keys if key not in data]
     if missing:
-        raise _damaged(path, f"no {', '.join(repr(k) for k in missing)}")
+        raise damaged_file(path, f"no {', '.join(repr(k) for k in missing)}")
     return data
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """The records of a predictions file, read only (a torn last line, from a run being written or interrupted, is
-    left out); a line that is not a JSON object before the last -> ValueError naming it."""
-    if not path.exists():
-        return []
-    lines = _read_text(path).splitlines()
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            if number == len(lines):
-                break
-            raise _damaged(path, f"line {number} is not JSON: {error.msg}") from None
-        if not isinstance(record, dict):
-            raise _damaged(path, f"line {number} is a JSON {type(record).__name__}, not an object")
-        records.append(record)
-    return records
+    """The records of a predictions file, read only (see :func:`lavakv.eval.runner.parse_records`)."""
+    return parse_records(path, _read_text(path))[0] if path.exists() else []
 
 
 def count_predictions(path: Path) -> int:
@@ -148,7 +135,7 @@ def _sample_scores(directory: Path, config: dict[str, Any], metrics: dict[str, A
             if value is None:
                 value = math.nan
             if isinstance(value, bool) or not isinstance(value, int | float):
-                raise _damaged(directory / PREDICTIONS, f"sample {i}: score {name!r} is {value!r}, not a number")
+                raise damaged_file(directory / PREDICTIONS, f"sample {i}: score {name!r} is {value!r}, not a number")
             values[i] = scale * float(value)
         out[name] = values
     return ids, out
@@ -161,7 +148,7 @@ def load_run(directory: Path) -> dict[str, Any]:
     parsed -> ValueError naming it."""
     config = _read_json(directory / CONFIG, ("task", "model", "query_mode", "method"))
     if not isinstance(config["method"], dict) or "name" not in config["method"]:
-        raise _damaged(directory / CONFIG, "'method' has no 'name'")
+        raise damaged_file(directory / CONFIG, "'method' has no 'name'")
     metrics_path = directory / METRICS
     provenance_path = directory / PROVENANCE
     metrics = _read_json(metrics_path, ("samples",)) if metrics_path.exists() else None

@@ -234,36 +234,18 @@ def run_directory(out: Path, resolved: dict[str, Any]) -> Path:
     return out / name
 
 
-def read_predictions(path: Path) -> list[dict[str, Any]]:
-    """The records of a predictions file; a torn last line (interrupted write) is dropped and the file repaired."""
-    if not path.exists():
-        return []
-    text = path.read_text(encoding="utf-8")
-    lines = text.splitlines()
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number != len(lines):
-                raise ValueError(f"{path} line {number} is not JSON; delete the run directory to redo it") from None
-            logger.warning("%s: dropping a torn last line (interrupted write)", path)
-            path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-            return records
-    if text and not text.endswith("\n"):  # a whole last record whose newline was not written: end the line
-        path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    return records
+def damaged_file(path: Path, problem: str) -> ValueError:
+    """The error for a results file lavakv cannot read: names the file, the problem and the fix."""
+    return ValueError(f"{path}: damaged results file ({problem}); fix or delete it, or delete the run directory "
+                      f"{path.parent} and rerun `lavakv eval` to redo that run")
 
 
-def peek_predictions(path: Path) -> list[dict[str, Any]]:
-    """The records of a predictions file another process may be appending to, read without changing it: a torn
-    last line (a record being written, or an interrupted write) is left out; a bad line before it -> ValueError."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:  # absent, or a shard merged away meanwhile
-        return []
+def parse_records(path: Path, text: str) -> tuple[list[dict[str, Any]], bool]:
+    """The prediction records in ``text`` (the content of ``path``), and whether its last line was torn.
+
+    A torn last line (not JSON: a record being written by another process, or an interrupted write) is left out.
+    Any earlier line that is not a JSON object with an ``id`` -> ValueError naming the file, the line and the fix.
+    """
     lines = text.splitlines()
     records = []
     for number, line in enumerate(lines, start=1):
@@ -271,15 +253,35 @@ def peek_predictions(path: Path) -> list[dict[str, Any]]:
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines) and not text.endswith("\n"):
-                break
-            raise ValueError(f"{path} line {number} is not JSON; delete the run directory to redo it") from None
+        except json.JSONDecodeError as error:
+            if number == len(lines):
+                return records, True
+            raise damaged_file(path, f"line {number} is not JSON: {error.msg}") from None
         if not isinstance(record, dict) or "id" not in record:
-            raise ValueError(f"{path} line {number} is not a prediction record (no 'id'); delete the run directory "
-                             "to redo it")
+            raise damaged_file(path, f"line {number} is not a prediction record (a JSON object with an 'id')")
         records.append(record)
+    return records, False
+
+
+def read_predictions(path: Path) -> list[dict[str, Any]]:
+    """The records of this process's predictions file; a torn last line is dropped and the file repaired."""
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8")
+    records, torn = parse_records(path, text)
+    if torn:
+        logger.warning("%s: dropping a torn last line (interrupted write)", path)
+    if torn or (text and not text.endswith("\n")):  # also end a whole last record whose newline was not written
+        path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     return records
+
+
+def peek_predictions(path: Path) -> list[dict[str, Any]]:
+    """The records of a predictions file another process may be appending to, read without changing it."""
+    try:
+        return parse_records(path, path.read_text(encoding="utf-8"))[0]
+    except FileNotFoundError:  # absent, or a shard merged away meanwhile
+        return []
 
 
 def shard_files(directory: Path) -> list[Path]:
