@@ -562,3 +562,19 @@ def test_head_allocation_registry():
     everything = adaptive_heads(scores, torch.tensor([10]), 2)
     assert bool(everything.all()), "a budget equal to the prefix keeps everything"
 
+
+
+@pytest.mark.parametrize("seed,layers,budget,length", [(2, 10, 8, 40), (0, 6, 20, 90), (1, 8, 12, 60)])
+def test_cake_cascade_reports_the_budgets_it_holds(seed, layers, budget, length):
+    """CAKE's budget adjustment can raise a layer's budget after the layer was truncated; a cascade cannot re-admit
+    evicted entries, so the recorded budget is the one held: kept == kv_heads * B_l in every compressed layer."""
+    window = 4
+    model = tiny_model("llama", layers=layers, heads=4, kv_heads=2, head_dim=16, seed=seed)
+    ids, mask = prompt(batch=1, length=length, seed=seed + 1)  # (2, 10, 8, 40): a budget that rises after a cut
+    with lavakv.method("cake", budget=budget, window=window).attach(model) as session:
+        cache = session.cache()
+        with torch.no_grad():
+            model(ids, attention_mask=mask, past_key_values=cache)
+        stats = session.stats(cache)
+    for kept, budget in zip(stats.kept_tokens, stats.layer_budgets, strict=True):
+        assert torch.equal(kept.sum(-1), 2 * (budget + window))

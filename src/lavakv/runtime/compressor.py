@@ -156,8 +156,10 @@ class Compressor:
                                    real_tokens=self.real_tokens, window=c.window)
         final = len(seen) == len(self.layers)
         for j, budget in zip(seen, budgets, strict=True):
-            self.budgets[j] = budget
             stored = self._compacted_at.get(j)
+            if stored is not None:  # a cascade only truncates: a layer never regains entries it already evicted
+                budget = torch.minimum(budget, stored)
+            self.budgets[j] = budget
             # Truncate an earlier layer only when its budget fell below TRUNCATE_SLACK of the budget it was last
             # compacted to (or at the end): the result is the same (candidates only shrink) and earlier layers
             # never hold more than 1/TRUNCATE_SLACK of their current budget, with O(L log L) compactions.
