@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lavakv.cli.arguments import check_fits, check_model_request, check_out_dir, parse_csv, read_text_file
+from lavakv.eval.specs import split_methods
 from lavakv.eval.tasks import TASK_NAMES, TaskOptions, parse_task_spec
 
 logger = logging.getLogger("lavakv")
@@ -62,7 +63,7 @@ def config_from_args(args: argparse.Namespace):
     ratios = parse_csv(args.compression_ratios, float, "--compression-ratios")
     budgets = args.budgets if args.budgets is not None else (None if ratios else DEFAULT_BUDGETS)
     config = EvalConfig(
-        task=args.task, methods=parse_csv(args.methods, str, "--methods"), budgets=parse_csv(budgets, int, "--budgets"),
+        task=args.task, methods=split_methods(args.methods), budgets=parse_csv(budgets, int, "--budgets"),
         compression_ratios=ratios,
         query_agnostic=args.query_agnostic, window=args.window, out=out, options=options,
     )
@@ -208,7 +209,10 @@ def add_subcommands(subparsers, parents: Sequence[argparse.ArgumentParser] = ())
                    help=f"task(s): {', '.join(TASK_NAMES)}; subtasks as ruler:vt,cwe or longbench:hotpotqa,lcc; "
                         "several joined with + (e.g. needle+ruler)")
     p.add_argument("--methods", default=DEFAULT_METHODS,
-                   help="comma-separated presets, see `lavakv methods` (default: %(default)s)")
+                   help="comma-separated presets, see `lavakv methods`, each optionally with options in brackets "
+                        "that override the preset's defaults, e.g. 'full,lava,lava[alpha=0.2],ada-snapkv[alpha=0.1,"
+                        "floor=exact]' (quote it for the shell); each entry is named by its label, the entry as "
+                        "written with options sorted, in result directories and reports (default: %(default)s)")
     p.add_argument("--budgets", default=None,
                    help=f"comma-separated budgets, tokens per KV head, window included (default: {DEFAULT_BUDGETS}, "
                         "none when --compression-ratios is given)")
@@ -250,7 +254,8 @@ def add_subcommands(subparsers, parents: Sequence[argparse.ArgumentParser] = ())
     p.add_argument("dirs", nargs="+", metavar="DIR", help="`lavakv eval --out` directories or run directories")
     p.add_argument("--plots", default=None, help="where to write the PNGs (default: <first DIR>/plots)")
     p.add_argument("--against", default=None, metavar="METHOD",
-                   help="compare every other method with METHOD (e.g. snapkv, or full) at the same task, model, "
+                   help="compare every other method with METHOD (e.g. snapkv, full, or a label such as "
+                        "'lava[alpha=0.2]' as given to eval --methods) at the same task, model, "
                         "mode and budget, paired by sample id: mean difference with its 95%% interval, wins / ties "
                         "/ losses, and whether it leads, trails or no difference is resolved")
     p.add_argument("--resamples", type=int, default=10_000,

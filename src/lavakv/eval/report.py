@@ -1,7 +1,8 @@
 """``lavakv report``: read result directories, print summary tables with 95 % intervals, write the plots.
 
-Rows: one per run (task, model, query mode, method, budget), with the headline score and its 95 % bootstrap
-interval over samples, samples done, and the mean resident KV bytes after prefill next to the uncompressed bytes.
+Rows: one per run (task, model, query mode, method, budget), with the headline score and its 95 % bootstrap interval
+over samples, samples done, and the mean resident KV bytes after prefill next to the uncompressed bytes. A method
+is named by its label everywhere (:func:`method_label`: ``lava``, ``lava[alpha=0.2]``).
 Added rows: the RULER mean over the subtasks present, and LongBench's 16-task mean, category means and extraction /
 generation split (each with an interval that resamples every sub-task on its own). Below it: every metric of every
 finished run with its interval, and, with ``against``, the paired comparison of every other method with that
@@ -38,6 +39,7 @@ from lavakv.eval.runner import (
     shard_files,
     slug,
 )
+from lavakv.eval.specs import label_slug, normalise_label
 from lavakv.eval.tasks.longbench import CATEGORIES, ENGLISH_16, GENERATION, summarize
 from lavakv.plotting import MIB, plot_heatmap, plot_lines
 
@@ -165,6 +167,13 @@ def load_run(directory: Path) -> dict[str, Any]:
     }
 
 
+def method_label(config: dict[str, Any]) -> str:
+    """The label that names a run's method in every table, comparison and plot: ``config.json``'s
+    ``method_label`` (``lava``, ``lava[alpha=0.2]``; see :mod:`lavakv.eval.specs`), or for runs written before
+    labels were recorded, the preset name."""
+    return config.get("method_label") or config["method"]["name"]
+
+
 def _finite(values: dict[str, float]) -> list[float]:
     return [v for v in values.values() if not math.isnan(v)]
 
@@ -199,7 +208,7 @@ def _order(run: dict[str, Any]) -> tuple:
     c = run["config"]
     method = c["method"]
     size = (method.get("budget") or 0, method.get("compression_ratio") or 0.0)
-    return c["task"], c["model"], c["query_mode"], method["name"] != "full", method["name"], size
+    return c["task"], c["model"], c["query_mode"], method["name"] != "full", method_label(c), size
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -227,14 +236,14 @@ def table(runs: list[dict[str, Any]], resamples: int = RESAMPLES) -> str:
     for run in ordered:
         config, metrics = run["config"], run["metrics"]
         if metrics is None:
-            rows.append([config["task"], config["model"], config["query_mode"], config["method"]["name"],
+            rows.append([config["task"], config["model"], config["query_mode"], method_label(config),
                          _budget_text(config), run["predictions"], "-", "-", "-", "-", "-", "unfinished"])
             continue
         resident, full = metrics.get("resident_kv_bytes"), metrics.get("uncompressed_kv_bytes")
         share = f"{100 * resident / full:.1f}%" if resident and full else "-"
         digits = 3 if metrics.get("score_name") == "kl" else 2
         interval = run_interval(run, metrics.get("score_name"), resamples) if metrics.get("score_name") else None
-        rows.append([config["task"], config["model"], config["query_mode"], config["method"]["name"],
+        rows.append([config["task"], config["model"], config["query_mode"], method_label(config),
                      _budget_text(config), metrics["samples"], _fmt(metrics.get("score"), digits),
                      _ci_text(interval, digits), metrics.get("score_name"),
                      _fmt(resident / MIB if resident else None, 3), share, "done"])
@@ -251,7 +260,7 @@ def _aggregate_rows(runs: list[dict[str, Any]], resamples: int = RESAMPLES) -> l
             continue
         family, _, sub = config["task"].partition("/")
         if family in ("ruler", "longbench") and sub:
-            key = (family, config["model"], config["query_mode"], config["method"]["name"], _budget_text(config))
+            key = (family, config["model"], config["query_mode"], method_label(config), _budget_text(config))
             groups[key][sub] = metrics["score"]
             samples[key][sub] = _finite(run.get("scores", {}).get(metrics.get("score_name"), {}))
 
@@ -300,7 +309,7 @@ def metric_table(runs: list[dict[str, Any]], resamples: int = RESAMPLES) -> str:
             if interval is None:
                 continue
             digits = _digits(metric, config["task"])
-            rows.append([config["task"], config["model"], config["query_mode"], config["method"]["name"],
+            rows.append([config["task"], config["model"], config["query_mode"], method_label(config),
                          _budget_text(config), metric, interval.n, _fmt(interval.mean, digits),
                          _ci_text(interval, digits)])
     if not rows:
@@ -324,11 +333,18 @@ def comparison_table(runs: list[dict[str, Any]], against: str, resamples: int = 
     ``full`` (no budget) is compared with the reference at every budget; ``against="full"`` compares every run with
     ``full``. Runs whose sample ids differ are compared over the ids both have and marked.
 
-    Raises ValueError when no finished run has method ``against``, or when a group holds two such runs at one
-    budget (e.g. two windows: pass the directories of one setting).
+    ``against`` is a method label (``snapkv``, ``lava[alpha=0.2]``), normalised as ``lavakv eval --methods`` does
+    (``lava[ alpha=0.20 ]`` is ``lava[alpha=0.2]``).
+
+    Raises ValueError when ``against`` is malformed, when no finished run has method ``against``, or when a group
+    holds two such runs at one budget (e.g. two windows: pass the directories of one setting).
     """
+    try:
+        against = normalise_label(against)
+    except ValueError as error:
+        raise ValueError(f"--against: {error}".replace("--methods entry ", "")) from None
     finished = [r for r in runs if r["metrics"] is not None]
-    names = sorted({r["config"]["method"]["name"] for r in finished})
+    names = sorted({method_label(r["config"]) for r in finished})
     if against not in names:
         raise ValueError(f"--against {against}: no finished run of method {against!r}; methods here: "
                          f"{', '.join(names) or 'none'}")
@@ -340,7 +356,7 @@ def comparison_table(runs: list[dict[str, Any]], against: str, resamples: int = 
         task, model, mode = key[:3]
         references: dict[str, dict[str, Any]] = {}
         for run in members:
-            if run["config"]["method"]["name"] != against:
+            if method_label(run["config"]) != against:
                 continue
             budget = _budget_text(run["config"])
             if budget in references:
@@ -354,7 +370,7 @@ def comparison_table(runs: list[dict[str, Any]], against: str, resamples: int = 
             continue
         for run in sorted(members, key=_order):
             config = run["config"]
-            if config["method"]["name"] == against:
+            if method_label(config) == against:
                 continue
             budget = _budget_text(config)
             if budget in references:
@@ -364,7 +380,7 @@ def comparison_table(runs: list[dict[str, Any]], against: str, resamples: int = 
                     else [references["-"]]
             else:
                 notes.append(f"no {against} run at budget {budget} for {task} | {model} | {mode}: "
-                             f"{config['method']['name']} not compared")
+                             f"{method_label(config)} not compared")
                 continue
             for reference in matched:
                 for metric, values in (run.get("scores") or {}).items():
@@ -379,7 +395,7 @@ def comparison_table(runs: list[dict[str, Any]], against: str, resamples: int = 
                         mismatched = True
                         note = (f"ids differ: {result.difference.n} paired, {len(result.only_candidate)} only here, "
                                 f"{len(result.only_reference)} only in {against}")
-                    rows.append([task, model, mode, budget, config["method"]["name"],
+                    rows.append([task, model, mode, budget, method_label(config),
                                  reference["config"].get("label", against), metric, result.difference.n,
                                  _fmt(result.difference.mean, digits), _ci_text(result.difference, digits),
                                  f"{result.wins}/{result.ties}/{result.losses}", result.verdict, note])
@@ -420,7 +436,7 @@ def write_plots(runs: list[dict[str, Any]], out: Path, resamples: int = RESAMPLE
         references_memory: dict[str, float] = {}
         score_name = members[0]["metrics"].get("score_name", "score")
         for run in members:
-            method, metrics = run["config"]["method"], run["metrics"]
+            method, metrics, name = run["config"]["method"], run["metrics"], method_label(run["config"])
             if metrics.get("score") is None or (isinstance(metrics["score"], float) and math.isnan(metrics["score"])):
                 continue
             interval = run_interval(run, metrics.get("score_name"), resamples) if metrics.get("score_name") else None
@@ -430,10 +446,10 @@ def write_plots(runs: list[dict[str, Any]], out: Path, resamples: int = RESAMPLE
                 if metrics.get("resident_kv_bytes"):
                     references_memory["full (uncompressed)"] = metrics["resident_kv_bytes"] / MIB
             elif method.get("budget") is not None:
-                scores[method["name"]].append((method["budget"], metrics["score"], *bounds) if bounds
+                scores[name].append((method["budget"], metrics["score"], *bounds) if bounds
                                               else (method["budget"], metrics["score"]))
                 if metrics.get("resident_kv_bytes"):
-                    memory[method["name"]].append((method["budget"], metrics["resident_kv_bytes"] / MIB))
+                    memory[name].append((method["budget"], metrics["resident_kv_bytes"] / MIB))
         stem = f"{slug(task)}__{slug(model)}__{mode}"
         title = f"{task} | {model} | {mode}"
         if scores or references_score:
@@ -448,7 +464,7 @@ def write_plots(runs: list[dict[str, Any]], out: Path, resamples: int = RESAMPLE
             grid = run["metrics"].get("grid")
             if grid:
                 label = run["config"]["label"]
-                written.append(plot_heatmap(grid, out / f"{stem}__{slug(label)}__heatmap.png",
+                written.append(plot_heatmap(grid, out / f"{stem}__{label_slug(label)}__heatmap.png",
                                             title=f"needle | {model} | {label} | {mode}"))
     return written
 

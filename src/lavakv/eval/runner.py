@@ -3,6 +3,9 @@
 For each task, each (method, budget or ratio) is a *run* with its own directory under ``out``::
 
     <task>__<model>__<method>-<b64|r0.5|full>__<query-aware|query-agnostic>__<config hash>/
+
+(``<method>`` is the method's label, :mod:`lavakv.eval.specs`: ``lava``, or ``lava+alpha=0.2`` for the entry
+``lava[alpha=0.2]``.)
         config.json         resolved config (task generator settings, method components, mode, model, dtype)
         provenance.json     package version + git commit, torch / transformers, model + sha256, dtype, attention
                             implementation, seeds, start time; wall time added as runs progress and finish
@@ -37,7 +40,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import statistics
 import sys
 import time
@@ -50,6 +52,7 @@ from typing import Any
 import torch
 
 from lavakv.eval.provenance import collect, now
+from lavakv.eval.specs import label_slug, parse_method, slug
 from lavakv.eval.tasks import Task, TaskOptions, build_tasks
 from lavakv.eval.tasks.base import Sample
 from lavakv.generation import decode_from_cache, decode_text, stop_ids
@@ -65,6 +68,7 @@ METRICS = "metrics.json"
 SHARD_PATTERN = "predictions.rank*.jsonl"
 STATE_LOCK = ".lavakv-eval.state.lock"
 TIMING_KEYS = ("prefill_seconds", "decode_seconds")  # the only record fields that differ between identical reruns
+UNHASHED = ("method_label",)  # config.json keys the directory hash leaves out (the run label already covers them)
 
 
 @dataclass(frozen=True)
@@ -133,7 +137,8 @@ class EvalConfig:
 
     Attributes:
         task: task spec (see :mod:`lavakv.eval.tasks`), e.g. ``"needle"``, ``"ruler"``, ``"longbench:lcc"``.
-        methods: preset names; ``full`` runs once, every other preset once per budget and per ratio.
+        methods: ``--methods`` entries: preset names, optionally with options (``lava[alpha=0.2]``, see
+            :mod:`lavakv.eval.specs`); ``full`` runs once, every other entry once per budget and per ratio.
         budgets: tokens per KV head (window included).
         compression_ratios: fractions of the prompt entries removed.
         query_agnostic: compress the context alone, then feed the question (else the whole prompt is compressed).
@@ -154,18 +159,30 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class Run:
-    """One method at one budget (or ratio)."""
+    """One method at one budget (or ratio).
+
+    Attributes:
+        method: the configured method.
+        method_label: its ``--methods`` label (``lava``, ``lava[alpha=0.2]``); the preset name when not given.
+    """
 
     method: Method
+    method_label: str = ""
+
+    @property
+    def name(self) -> str:
+        """The method's label, without the budget."""
+        return self.method_label or self.method.name
 
     @property
     def label(self) -> str:
+        """The run's label: the method's label and the budget (``lava[alpha=0.2]-b128``) or ratio."""
         m = self.method
         if m.budget is not None:
-            return f"{m.name}-b{m.budget}"
+            return f"{self.name}-b{m.budget}"
         if m.compression_ratio is not None:
-            return f"{m.name}-r{m.compression_ratio:g}"
-        return m.name
+            return f"{self.name}-r{m.compression_ratio:g}"
+        return self.name
 
 
 @dataclass
@@ -180,29 +197,39 @@ class RunResult:
 
 
 def plan_runs(config: EvalConfig) -> list[Run]:
-    """The runs of ``config``, validated (unknown method, missing budget, bad budget -> ValueError)."""
+    """The runs of ``config``, validated: an unknown method or option, a malformed entry, a missing or bad budget,
+    or two entries that are the same method (``lava`` and ``lava[alpha=0]`` while 0 is lava's default) ->
+    ValueError naming the entry and the fix."""
     if not config.methods:
         raise ValueError(f"--methods is empty; choose from: {', '.join(list_methods())}")
     runs: list[Run] = []
-    for name in config.methods:
-        if name not in list_methods():
-            raise ValueError(f"unknown method {name!r}; choose from: {', '.join(list_methods())}")
-        if name == "full":
-            runs.append(Run(make_method("full")))
-            continue
-        if not config.budgets and not config.compression_ratios:
-            raise ValueError(f"method {name!r} needs --budgets or --compression-ratios")
-        runs += [Run(make_method(name, budget=b, window=config.window)) for b in config.budgets]
-        runs += [Run(make_method(name, compression_ratio=r, window=config.window)) for r in config.compression_ratios]
+    seen: dict[str, str] = {}  # resolved method -> the label that gave it
+    for entry in config.methods:
+        spec = parse_method(entry)
+        if spec.name == "full":
+            planned = [Run(make_method("full"), spec.label)]
+        else:
+            if not config.budgets and not config.compression_ratios:
+                raise ValueError(f"method {spec.label!r} needs --budgets or --compression-ratios")
+            sizes = [{"budget": b} for b in config.budgets]
+            sizes += [{"compression_ratio": r} for r in config.compression_ratios]
+            try:
+                planned = [Run(make_method(spec.name, window=config.window, **size, **spec.params), spec.label)
+                           for size in sizes]
+            except (TypeError, ValueError) as error:  # an option the components lack, a bad value, a bad budget
+                if not spec.params:
+                    raise
+                raise ValueError(f"--methods entry {entry.strip()!r}: {error}") from None
+        identity = json.dumps(planned[0].method.describe() | {"name": None}, sort_keys=True, default=str)
+        if identity in seen and seen[identity] != spec.label:
+            raise ValueError(f"--methods: {seen[identity]!r} and {spec.label!r} are the same method (every option "
+                             "equal, defaults included); list it once")
+        seen.setdefault(identity, spec.label)
+        runs += planned
     labels = [r.label for r in runs]
     if len(set(labels)) != len(labels):
         raise ValueError(f"duplicate runs in --methods / --budgets: {', '.join(labels)}")
     return runs
-
-
-def slug(text: str) -> str:
-    """A file-name-safe form of ``text``."""
-    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-") or "x"
 
 
 def run_config(task: Task, run: Run, config: EvalConfig, model, model_id: str) -> dict[str, Any]:
@@ -214,6 +241,7 @@ def run_config(task: Task, run: Run, config: EvalConfig, model, model_id: str) -
         "model": model_id,
         "dtype": str(parameter.dtype).removeprefix("torch."),
         "method": run.method.describe(),
+        "method_label": run.name,
         "label": run.label,
         "query_mode": "query-agnostic" if agnostic_for(task, config) else "query-aware",
         "decoding": "greedy",
@@ -228,8 +256,9 @@ def agnostic_for(task: Task, config: EvalConfig) -> bool:
 
 def run_directory(out: Path, resolved: dict[str, Any]) -> Path:
     """Deterministic directory of a run: readable parts plus a hash of its resolved config."""
-    digest = hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    name = "__".join([slug(resolved["task"]), slug(resolved["model"]), slug(resolved["label"]),
+    hashed = {k: v for k, v in resolved.items() if k not in UNHASHED}
+    digest = hashlib.sha256(json.dumps(hashed, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    name = "__".join([slug(resolved["task"]), slug(resolved["model"]), label_slug(resolved["label"]),
                       resolved["query_mode"], digest])
     return out / name
 
@@ -619,6 +648,7 @@ def _aggregate(task: Task, state: _RunState, config: dict[str, Any], ordered: li
     m = state.run.method
     metrics = {
         "task": task.name, "model": config["model"], "label": state.run.label, "method": m.name,
+        "method_label": state.run.name,
         "budget": m.budget, "compression_ratio": m.compression_ratio, "window": m.window,
         "query_mode": config["query_mode"], "samples": len(ordered), "sample_ids": ids, "score_name": task.score_name,
         "score": aggregate.get(task.score_name), **aggregate,
