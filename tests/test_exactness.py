@@ -119,7 +119,7 @@ def test_ragged_and_dense_storage_agree(monkeypatch, native):
     ids, mask = prompt(batch=2, length=70)
     with lavakv.method("snapkv", budget=24, window=4).attach(model) as session:
         dense = _generate(model, ids, mask, session.cache(), new=6)
-    monkeypatch.setattr(runtime, "compact", lambda k, v, lengths: RaggedKV(k, v, lengths))
+    monkeypatch.setattr(runtime, "compact", lambda k, v, lengths, **_: RaggedKV(k, v, lengths))
     with lavakv.method("snapkv", budget=24, window=4).attach(model) as session:
         cache = session.cache()
         ragged = _generate(model, ids, mask, cache, new=6)
@@ -142,7 +142,7 @@ def test_query_block_after_compressed_context_matches_dense_reference(monkeypatc
     outs = []
     for ragged in (False, True):
         if ragged:
-            monkeypatch.setattr(runtime, "compact", lambda k, v, lengths: RaggedKV(k, v, lengths))
+            monkeypatch.setattr(runtime, "compact", lambda k, v, lengths, **_: RaggedKV(k, v, lengths))
         with lavakv.method("snapkv", budget=20, window=4).attach(model) as session:
             cache = session.cache()
             with torch.no_grad():

@@ -71,3 +71,43 @@ def budget_per_row(
 def rows_to_compress(real_tokens: torch.Tensor, budget: torch.Tensor, window: int) -> torch.Tensor:
     """``[batch]`` bool: sequences that have anything to evict (budget below the prompt, prompt longer than w)."""
     return (budget < real_tokens) & (real_tokens > window)
+
+
+DEFAULT_DECODE_INTERVAL = 32
+
+
+def validate_decode_budget(
+    decode_budget: int | None, decode_interval: int | None, budget: int | None, window: int
+) -> int | None:
+    """Check decode-time eviction settings; return the interval to use (None without ``decode_budget``).
+
+    ``decode_budget`` bounds the entries per KV head per layer on average (window included) while generating;
+    every ``decode_interval`` tokens the cache is compressed back to ``decode_budget - decode_interval``, which must
+    leave room for the prompt's budget (or, with a compression ratio, for the window). The interval defaults to
+    ``min(32, decode_budget - budget)``.
+    """
+    if decode_budget is None:
+        if decode_interval is not None:
+            raise ValueError("decode_interval needs decode_budget= (the entries per KV head kept while generating)")
+        return None
+    for name, value in (("decode_budget", decode_budget), ("decode_interval", decode_interval)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise TypeError(f"{name} must be an int number of tokens, got {value!r}")
+    floor = budget if budget is not None else window
+    what = f"budget ({budget})" if budget is not None else f"the observation window ({window})"
+    if decode_budget <= floor:
+        raise ValueError(
+            f"decode_budget ({decode_budget}) must be larger than {what}: the prompt is compressed to that and the "
+            f"cache then grows while generating; use decode_budget >= {floor + 1}"
+        )
+    if decode_interval is None:
+        return min(DEFAULT_DECODE_INTERVAL, decode_budget - floor)
+    if decode_interval < 1:
+        raise ValueError(f"decode_interval must be >= 1 token, got {decode_interval}")
+    if decode_interval > decode_budget - floor:
+        raise ValueError(
+            f"decode_interval ({decode_interval}) is larger than decode_budget - {'budget' if budget else 'window'} "
+            f"({decode_budget - floor}): each eviction compresses to decode_budget - decode_interval, which would "
+            f"fall below {what}; use decode_interval <= {decode_budget - floor} or a larger decode_budget"
+        )
+    return decode_interval

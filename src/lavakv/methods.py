@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from lavakv.allocation import HEAD_ALLOCATIONS, LAYER_ALLOCATIONS
-from lavakv.budget import validate_budget
+from lavakv.budget import validate_budget, validate_decode_budget
 from lavakv.runtime.components import Components
 from lavakv.runtime.session import Session
 from lavakv.scorers import SCORERS, Scorer, scorer_defaults
@@ -51,6 +51,9 @@ class Method:
         compression_ratio: fraction of prompt entries removed, or None.
         window: observation window w, always kept.
         params: resolved hyper-parameters of every component.
+        decode_budget: while generating, at most this many entries per KV head per layer on average (window
+            included), by decode-time eviction; None: generated tokens are all kept.
+        decode_interval: tokens generated between two decode-time evictions.
     """
 
     name: str
@@ -61,6 +64,8 @@ class Method:
     compression_ratio: float | None
     window: int
     params: dict[str, Any] = field(default_factory=dict)
+    decode_budget: int | None = None
+    decode_interval: int | None = None
 
     @property
     def compresses(self) -> bool:
@@ -85,7 +90,8 @@ class Method:
                 f"for scorer {self.scorer!r}; use an attention scorer (lava, snapkv, cake, h2o, tova) or "
                 f"layers='uniform'/'pyramid'"
             )
-        return Components(self.name, scorer, layers, heads, self.budget, self.compression_ratio, self.window)
+        return Components(self.name, scorer, layers, heads, self.budget, self.compression_ratio, self.window,
+                          self.decode_budget, self.decode_interval)
 
     def layer_allocation(self):
         """The layer allocation object (static or cascade)."""
@@ -109,6 +115,8 @@ class Method:
             "budget": self.budget,
             "compression_ratio": self.compression_ratio,
             "window": self.window,
+            "decode_budget": self.decode_budget,
+            "decode_interval": self.decode_interval,
             "params": dict(self.params),
         }
 
@@ -127,6 +135,8 @@ def method(
     budget: int | None = None,
     compression_ratio: float | None = None,
     window: int | None = None,
+    decode_budget: int | None = None,
+    decode_interval: int | None = None,
     **params: Any,
 ) -> Method:
     """Build a method from a preset name and/or components.
@@ -141,6 +151,9 @@ def method(
     if name is not None and name not in PRESETS:
         raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(PRESETS)} (or compose with scorer=...)")
     if name == "full":
+        if decode_budget is not None or decode_interval is not None:
+            raise ValueError("method 'full' does not compress: decode_budget / decode_interval need a compressing "
+                             "method (e.g. lavakv.method('lava', budget=256, decode_budget=512))")
         if budget is not None or compression_ratio is not None or scorer or layers or heads or params:
             raise ValueError("method 'full' does not compress: give it no budget, ratio, components or parameters")
         if window is not None:
@@ -159,6 +172,7 @@ def method(
         if value not in registry:
             raise ValueError(f"unknown {kind} {value!r}; choose one of: {', '.join(registry)}")
     validate_budget(budget, compression_ratio, window)
+    decode_interval = validate_decode_budget(decode_budget, decode_interval, budget, window)
     defaults = {**scorer_defaults(scorer), **_fields(LAYER_ALLOCATIONS[layers]), **_fields(HEAD_ALLOCATIONS[heads])}
     unknown = sorted(set(params) - set(defaults))
     if unknown:
@@ -168,7 +182,8 @@ def method(
         )
     resolved = {**defaults, **params}
     is_preset = name is not None and (scorer, layers, heads) == preset
-    m = Method(name if is_preset else "custom", scorer, layers, heads, budget, compression_ratio, window, resolved)
+    m = Method(name if is_preset else "custom", scorer, layers, heads, budget, compression_ratio, window, resolved,
+               decode_budget, decode_interval)
     m.resolve()  # validates every component's parameters now, not at prefill
     return m
 
@@ -180,5 +195,6 @@ def describe(name: str) -> dict[str, Any]:
     if PRESETS[name] is None:
         return {"name": "full", "scorer": None, "layers": None, "heads": None, "params": {}}
     info = method(name, budget=10**9, window=1).describe()
-    info.pop("budget"), info.pop("compression_ratio"), info.pop("window")
+    for key in ("budget", "compression_ratio", "window", "decode_budget", "decode_interval"):
+        info.pop(key)
     return info

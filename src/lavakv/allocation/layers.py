@@ -7,7 +7,8 @@ All budgets are prefix tokens per KV head (window excluded), per sequence of the
 
 A cascade's ``statistic`` takes tensors only; ``reads`` says which: ``"scores"`` (the layer's scores
 ``[batch, kv_heads, tokens]``) or ``"window_attention"`` (the window queries' attention ``[batch, q_heads, w,
-tokens]``), each with ``valid_prefix [batch, tokens]`` (real tokens outside the window).
+tokens]``), each with ``valid_prefix [batch, tokens]`` (real tokens outside the window; ``[batch, kv_heads,
+tokens]`` when the heads hold different entries, during decode-time eviction).
 
 Every ``budgets`` method takes the keyword-only ``real_tokens`` (``[batch]`` real prompt tokens n) and ``window``
 (w). The reference schedules need them (PyramidKV's clamp to the prompt, CAKE's cap at n - w); without them those
@@ -227,9 +228,16 @@ class EntropyCascade:
     cascade = True
     reads = "scores"
 
-    def statistic(self, scores: torch.Tensor, valid_prefix: torch.Tensor, window: int) -> torch.Tensor:
-        """``[batch]`` normalised entropy of the layer's flattened prefix scores ``[batch, kv_heads, tokens]``."""
-        return normalized_entropy(scores, valid_prefix, prefix_len=scores.shape[-1] - window)
+    def statistic(self, scores: torch.Tensor, valid_prefix: torch.Tensor, window: int, *,
+                  prefix_len: int | None = None) -> torch.Tensor:
+        """``[batch]`` normalised entropy of the layer's flattened prefix scores ``[batch, kv_heads, tokens]``.
+
+        ``prefix_len`` is the normaliser's n - w (default: the scores' tokens minus the window); decode-time eviction
+        passes the same value for every layer, whose held entries differ in number.
+        """
+        if prefix_len is None:
+            prefix_len = scores.shape[-1] - window
+        return normalized_entropy(scores, valid_prefix, prefix_len=prefix_len)
 
     def budgets(
         self, stats: torch.Tensor, total: torch.Tensor, *, real_tokens: torch.Tensor | None = None,
@@ -270,8 +278,10 @@ class CakeCascade:
         if self.rounding not in ROUNDINGS:
             raise ValueError(f"cake rounding must be one of {ROUNDINGS}, got {self.rounding!r}")
 
-    def statistic(self, window_attention: torch.Tensor, valid_prefix: torch.Tensor, window: int) -> torch.Tensor:
-        """``[batch]`` CAKE preference from the window attention ``[batch, q_heads, w, tokens]``."""
+    def statistic(self, window_attention: torch.Tensor, valid_prefix: torch.Tensor, window: int, *,
+                  prefix_len: int | None = None) -> torch.Tensor:
+        """``[batch]`` CAKE preference from the window attention ``[batch, q_heads, w, tokens]`` (``prefix_len`` is
+        unused: the preference has no normaliser)."""
         return cake_preference(window_attention, valid_prefix, tau1_inv=self.tau1_inv, tau2_inv=self.tau2_inv,
                                preference=self.preference)
 

@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from lavakv.validity import per_head
+
 
 def _prefix_columns(valid_prefix: torch.Tensor) -> int:
     """n - w inferred from ``valid_prefix`` ``[b, n]``: one past the last column any row marks as valid prefix.
@@ -28,7 +30,8 @@ def normalized_entropy(
         scores: ``[batch, kv_heads, tokens]``, >= 0 on the counted entries (LAVa scores are); the window's +inf
             and padding's -inf are ignored through ``valid_prefix`` (and any other non-finite entry is dropped).
         valid_prefix: ``[batch, tokens]`` bool, True on tokens that are real (not padding) and not in the window:
-            ``inputs.valid & ~inputs.window_mask()``.
+            ``inputs.valid & ~inputs.window_mask()``; or ``[batch, kv_heads, tokens]`` when heads hold different
+            entries (decode-time eviction).
         prefix_len: n - w, the padded prefix length used in the normaliser. The normaliser is the same for every
             row and layer (padded n, not the row's own count of valid entries), so it rescales every e_l alike and
             does not change the allocation. Default: inferred from ``valid_prefix`` (exact with left padding).
@@ -38,12 +41,13 @@ def normalized_entropy(
     H_kv * (n - w) <= 1.
     """
     b, h_kv, n = scores.shape
-    if valid_prefix.shape != (b, n):
-        raise ValueError(f"valid_prefix must be [batch, tokens] = {(b, n)}, got {tuple(valid_prefix.shape)}")
+    if valid_prefix.shape not in ((b, n), (b, h_kv, n)):
+        raise ValueError(f"valid_prefix must be [batch, tokens] = {(b, n)} or [batch, kv_heads, tokens], got "
+                         f"{tuple(valid_prefix.shape)}")
     if prefix_len is None:
-        prefix_len = _prefix_columns(valid_prefix)
+        prefix_len = _prefix_columns(valid_prefix if valid_prefix.dim() == 2 else valid_prefix.any(dim=1))
     scores = scores.float()
-    counted = valid_prefix[:, None, :].to(scores.device) & torch.isfinite(scores)  # [b, h_kv, n]
+    counted = per_head(valid_prefix, h_kv).to(scores.device) & torch.isfinite(scores)  # [b, h_kv, n]
     s = torch.where(counted, scores, torch.zeros((), dtype=scores.dtype, device=scores.device)).flatten(1)
     total = s.sum(dim=-1, keepdim=True)  # [b, 1]
     p = torch.where(total > 0, s / total.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(s))
@@ -71,7 +75,7 @@ def cake_preference(
     """CAKE layer preference (Qin et al., ICLR 2025; docs/methods.md): P_l = H_l^{1/tau1} * V_l^{1/tau2}, per row.
 
     From the window attention A ``[b, q_heads, w, n]`` restricted to ``valid_prefix`` ``[b, n]`` (real tokens not in
-    the window), with ``preference``:
+    the window; or ``[b, kv_heads, n]`` during decode-time eviction), with ``preference``:
 
     - "reference" (default; CAKE's code, github.com/antgroup/cakekv, ``cake/model/modify_llama.py`` and
       ``calculate_entropy`` in ``cake/utils.py``): H_l = -sum_{h, j, i} A_h[j, i] * log(A_h[j, i] + 1e-10), the
@@ -93,7 +97,7 @@ def cake_preference(
     if preference not in PREFERENCES:
         raise ValueError(f"preference must be one of {PREFERENCES}, got {preference!r}")
     attn = window_attention.float()  # [b, hq, w, n]
-    prefix = valid_prefix.to(attn.device)[:, None, :]  # [b, 1, n]
+    prefix = per_head(valid_prefix.to(attn.device), attn.shape[1])  # [b, 1 or q_heads, n]
 
     if preference == "reference":
         on_prefix = attn.masked_fill(~prefix[:, :, None, :], 0.0)  # [b, hq, w, n]; 0 * log(1e-10) = 0 elsewhere

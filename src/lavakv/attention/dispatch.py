@@ -6,7 +6,8 @@ It only attends; it never compresses. For a key tensor that a :class:`~lavakv.ca
 * dense layers (every head the same length) go through transformers' SDPA function with the mask of the stored
   entries (:mod:`lavakv.attention.masks`); during the layer's prefill the queries are handed to the layer, for the
   compressor that runs after the attention module (the session's forward hook);
-* ragged layers go through :func:`lavakv.attention.ragged.ragged_attention` (flat per-head storage read in place).
+* ragged layers go through :func:`lavakv.attention.ragged.ragged_attention` (flat per-head storage read in place);
+* with decode-time eviction, every later query is handed to the layer's ring of recent queries.
 
 Any other key tensor (a plain cache, a sliding layer past its window, no cache) falls through to SDPA, so an
 attached model with a plain cache behaves as with ``attn_implementation="sdpa"``.
@@ -38,6 +39,8 @@ def lavakv_attention(module: torch.nn.Module, query, key, value, attention_mask,
         raise ValueError("lavakv does not return attention weights (output_attentions=True); drop that option")
     scaling = kwargs.get("scaling") or module.scaling
     q_len = query.shape[2]
+    if layer.tracks_queries and not layer.prefill_pending:
+        layer.observe_queries(query)  # decode-time eviction scores with the last window of queries
     if layer.prefix is not None:
         tail = layer.tail
         visible = tail_mask(attention_mask, layer.prompt_columns, q_len, tail.length, query.device)

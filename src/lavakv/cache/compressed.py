@@ -93,6 +93,8 @@ class CompressedLayer(CacheLayerMixin):
         self.kept_prompt: torch.Tensor | None = None
         self._observation: PrefillObservation | None = None
         self._pending = False
+        self._recent: torch.Tensor | None = None
+        self._recent_count = self._recent_next = 0
 
     @property
     def is_sliding(self) -> bool:  # read by transformers through Cache.is_sliding
@@ -188,29 +190,87 @@ class CompressedLayer(CacheLayerMixin):
         self._observation, self._pending = None, False
 
     # -- compaction -------------------------------------------------------------------------------------------------
-    def replace_prompt(self, storage: DenseKV | RaggedKV, kept: torch.Tensor, prompt_columns: int) -> None:
-        """Swap the layer's prompt entries for a compacted selection (called before any decode token).
+    def replace_held(self, storage: DenseKV | RaggedKV, kept: torch.Tensor) -> None:
+        """Swap every entry the layer holds (prompt and any decoded tokens) for a compacted selection of them.
+
+        The selection stands for all logical columns so far (``prompt_columns`` becomes the logical length); tokens
+        appended later form the tail. Called after the prefill (prompt eviction) and during decoding (decode-time
+        eviction).
 
         Args:
-            storage: the kept entries.
-            kept: ``[batch, kv_heads]`` prompt entries kept per head.
-            prompt_columns: logical prompt length those entries were selected from.
+            storage: the kept entries, each head's in position order.
+            kept: ``[batch, kv_heads]`` entries kept per head.
         """
-        if self.tail is not None or (self.dense is not None and self.dense.length > self.logical_length):
-            raise RuntimeError("lavakv: a layer's prompt can only be replaced before any decoded token is appended")
+        if self.sliding is not None:
+            raise RuntimeError("lavakv: a sliding layer past its window is never compressed")
+        old = getattr(self, "keys", None)
+        if old is not None and _LAYER_BY_KEYS.get(id(old)) is self:
+            del _LAYER_BY_KEYS[id(old)]
         if isinstance(storage, DenseKV):
             self.dense, self.prefix, self.tail = storage, None, None
             self.dense_prompt_entries = storage.length
             self._register(storage.keys, storage.values)
         else:
             self.dense, self.prefix, self.tail = None, storage, None
-            old = getattr(self, "keys", None)
-            if old is not None and _LAYER_BY_KEYS.get(id(old)) is self:
-                del _LAYER_BY_KEYS[id(old)]
             self.keys = self.values = None
-        self.prompt_columns = prompt_columns
+        self.prompt_columns = self.logical_length
         self.kept_prompt = kept
         self.compressed = True
+
+    def held_entries(self, prompt_valid: torch.Tensor | None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Everything the layer holds, laid out for scoring: K, V ``[batch, kv_heads, n, head_dim]`` and validity.
+
+        Each head's entries are in position order and end at the last column (the most recent token), so the
+        last ``window`` columns are the observation window in every head. Validity is ``[batch, n]`` when every
+        head holds the same positions (dense storage) and ``[batch, kv_heads, n]`` for ragged storage (invalid
+        columns on the left). ``prompt_valid [batch, prompt tokens]`` marks the left padding an uncompressed layer
+        still holds (None: none). A ragged layer makes padded copies (transient); a dense one returns views.
+        """
+        if not self.compressible:
+            raise ValueError("this layer holds no entries lavakv compresses (not filled, or sliding past its window)")
+        if self.prefix is None:
+            keys, values = self.dense.keys, self.dense.values
+            valid = torch.ones(keys.shape[0], keys.shape[2], dtype=torch.bool, device=keys.device)
+            if not self.compressed and prompt_valid is not None:
+                valid[:, : prompt_valid.shape[-1]] = prompt_valid
+            return keys, values, valid
+        keys, values, valid = self.prefix.right_aligned()
+        if self.tail is not None:
+            keys = torch.cat([keys, self.tail.keys], dim=2)
+            values = torch.cat([values, self.tail.values], dim=2)
+            valid = torch.cat([valid, valid.new_ones(*valid.shape[:2], self.tail.length)], dim=2)
+        return keys, values, valid
+
+    # -- recent queries (decode-time eviction scores with the last window of queries) ----------------------------
+    def track_queries(self, queries: torch.Tensor, size: int) -> None:
+        """Start keeping the last ``size`` queries this layer computes, from ``queries [batch, q_heads, q, head_dim]``
+        (the prompt's last ones). A ring buffer: memory is bounded by ``size`` whatever the generation length."""
+        b, hq, _, d = queries.shape
+        self._recent = queries.new_empty(b, hq, size, d)
+        self._recent_count = self._recent_next = 0
+        self.observe_queries(queries)
+
+    @property
+    def tracks_queries(self) -> bool:
+        return self._recent is not None
+
+    def observe_queries(self, queries: torch.Tensor) -> None:
+        """Record ``queries [batch, q_heads, q, head_dim]`` (post-RoPE) into the ring of recent queries."""
+        size = self._recent.shape[2]
+        queries = queries[:, :, -size:]
+        for position in range(queries.shape[2]):  # at most ``size`` copies; one per decode step
+            self._recent[:, :, self._recent_next] = queries[:, :, position]
+            self._recent_next = (self._recent_next + 1) % size
+        self._recent_count = min(size, self._recent_count + queries.shape[2])
+
+    def recent_queries(self) -> torch.Tensor:
+        """The recorded queries in order, ``[batch, q_heads, min(count, size), head_dim]`` (a copy)."""
+        if self._recent is None:
+            raise ValueError("this layer does not keep its recent queries")
+        size = self._recent.shape[2]
+        order = [(self._recent_next - self._recent_count + i) % size for i in range(self._recent_count)]
+        return self._recent[:, :, order]
 
     def prompt_entries(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The stored prompt entries, flat ``[entries, head_dim]`` in (batch, head, token) order."""

@@ -24,13 +24,17 @@ class DenseKV:
         growth_events: how many times the buffer was reallocated (for tests and diagnostics).
     """
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        # The initial content is held as given (no slack): right after prefill or compaction bytes == entries.
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, *, reserve: int = 0) -> None:
+        # The initial content is held as given (no slack): right after prefill or compaction bytes == entries,
+        # unless ``reserve`` tokens of headroom are asked for (decode-time eviction knows how many will come).
         self._keys = keys
         self._values = values
         self.length = keys.shape[2]
         self._appended = 0
         self.growth_events = 0
+        if reserve > 0:
+            self._grow(self.length + reserve)
+            self.growth_events = 0
 
     @property
     def keys(self) -> torch.Tensor:
@@ -158,6 +162,22 @@ class RaggedKV:
             self._foreign = (owner[None, :] != segment[:, None])[:, None, :]
         return self._foreign
 
+    def right_aligned(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Padded copies with each head's entries at the END: K, V ``[batch, kv_heads, max_len, head_dim]`` and
+        valid ``[batch, kv_heads, max_len]`` (False on the left). Appending a dense tail keeps every head's last
+        column its most recent entry (the layout decode-time eviction scores on)."""
+        b, h = self.lengths.shape
+        m = self.max_length
+        flat_len = self.lengths.reshape(-1)
+        starts = torch.cumsum(flat_len, 0) - flat_len  # [b*h]
+        slot = torch.arange(m, device=self.keys.device)
+        shift = m - flat_len  # [b*h] empty slots on the left
+        valid = slot[None, :] >= shift[:, None]
+        index = (starts[:, None] + slot[None, :] - shift[:, None]).clamp(0, max(self.keys.shape[0] - 1, 0))
+        keys = self.keys.index_select(0, index.reshape(-1)).view(b, h, m, -1)
+        values = self.values.index_select(0, index.reshape(-1)).view(b, h, m, -1)
+        return keys, values, valid.view(b, h, m)
+
     def padded(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Transient padded copies for computing attention: K, V ``[batch, kv_heads, max_len, head_dim]``, valid.
 
@@ -182,15 +202,18 @@ class RaggedKV:
         return self.keys.nbytes + self.values.nbytes
 
 
-def compact(keys: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor) -> DenseKV | RaggedKV:
+def compact(keys: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor, *, reserve: int = 0
+            ) -> DenseKV | RaggedKV:
     """Store selected entries: dense when every head kept the same number, ragged otherwise.
 
     Args:
         keys, values: ``[entries, head_dim]`` selected entries in (batch, head, token) order (fresh tensors).
         lengths: ``[batch, kv_heads]`` entries per head.
+        reserve: decode tokens of headroom for a dense result (a ragged one appends to a separate tail).
     """
     b, h = lengths.shape
     first = int(lengths.reshape(-1)[0]) if lengths.numel() else 0
     if bool((lengths == first).all()):
-        return DenseKV(keys.view(b, h, first, keys.shape[-1]), values.view(b, h, first, values.shape[-1]))
+        return DenseKV(keys.view(b, h, first, keys.shape[-1]), values.view(b, h, first, values.shape[-1]),
+                       reserve=reserve)
     return RaggedKV(keys, values, lengths)

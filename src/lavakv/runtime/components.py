@@ -32,6 +32,9 @@ class Components:
         budget: B, tokens per KV head per layer on average, window included; or None with ``compression_ratio``.
         compression_ratio: fraction of prompt entries removed; or None with ``budget``.
         window: the observation window w (always kept).
+        decode_budget: while generating, at most this many entries per KV head per layer on average (window
+            included); None: no decode-time eviction.
+        decode_interval: tokens generated between decode-time evictions (each compresses to decode_budget minus it).
     """
 
     name: str
@@ -41,6 +44,8 @@ class Components:
     budget: int | None
     compression_ratio: float | None
     window: int
+    decode_budget: int | None = None
+    decode_interval: int | None = None
 
     def row_budgets(self, real_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``real_tokens [batch]`` -> B per row ``[batch]`` (window included) and the rows that evict ``[batch]``."""

@@ -9,9 +9,14 @@ usable at any moment a layer holds uncompressed entries. Callers:
    at once. Cascades (LAVa, CAKE; docs/methods.md) learn one statistic per layer; after each layer they re-budget
    every layer seen so far and truncate earlier layers from the sorted scores of their kept candidates only
    (budgets only shrink, so no re-scoring);
-2. later: chunked prefill and decode-time eviction (planned).
+2. decode-time eviction (:meth:`Compressor.after_forward`, a method with ``decode_budget``): after every forward
+   call, once the cache would exceed ``decode_budget`` entries per KV head on average, every compressed layer is
+   scored from its last ``window`` queries and its held entries (prompt and generated alike), the layer allocation
+   re-budgets all layers at once from their current statistics (global and exact, not a cascade), and each layer
+   is compacted to ``decode_budget - decode_interval``;
+3. any caller of :meth:`Compressor.compress` (a layer in any state).
 
-Nothing here sets attributes on the cache: storage changes go through ``CompressedLayer.replace_prompt``.
+Nothing here sets attributes on the cache: storage changes go through ``CompressedLayer.replace_held``.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ class Compressor:
         scaling: layer -> the softmax scale the layer used.
         seconds: compression time, shared window attention charged in full to each cache that reads it.
         wall_seconds: compression time this cache actually spent.
+        decode_evictions: how many decode-time evictions ran; ``decode_seconds``: their wall time.
     """
 
     def __init__(self, components: Components | None, cache: CompressedCache, *, record_window_queries: bool = False
@@ -83,6 +89,10 @@ class Compressor:
         self.scaling: dict[int, float] = {}
         self.seconds = 0.0
         self.wall_seconds = 0.0
+        self.decode_evictions = 0
+        self.decode_seconds = 0.0
+        self._held: tuple[list[float], int] | None = None  # entries per head per row, at this logical length
+        self._overshoot_warned = False
         self._candidates: dict[int, _Candidates] = {}
         self._compacted_at: dict[int, torch.Tensor] = {}
         self._observed: list[int] = []
@@ -120,6 +130,8 @@ class Compressor:
             self.scaling[layer_idx] = inputs.scaling
             if self.record_window_queries:
                 self.window_queries[layer_idx] = inputs.window_queries_copy()
+            if self.components.decode_budget is not None:
+                self.cache.layers[layer_idx].track_queries(inputs.window_queries(), self.window)
         if self.components is None or not bool(self.active.any()):
             return
         reads, spent = inputs.window_reads, inputs.window_seconds
@@ -176,12 +188,12 @@ class Compressor:
 
     # -- the operation ----------------------------------------------------------------------------------------------
     def compress(self, budgets: dict[int, torch.Tensor], queries: dict[int, torch.Tensor]) -> None:
-        """Compress each layer ``l`` of ``budgets`` to ``budgets[l]`` (``[batch]`` prefix tokens per KV head, window
+        """Compress each layer ``l`` of ``budgets`` to ``budgets[l]`` (``[batch]`` tokens per KV head, window
         excluded), scoring its entries with ``queries[l]`` ``[batch, q_heads, q, head_dim]``: the layer's most
         recent queries (post-RoPE, ``q >= window``; the last ``window`` of them are the observation window).
 
-        Usable whenever the layers hold uncompressed entries (after a prefill or a prefill chunk). Re-compressing a
-        layer that already holds a compressed selection plus decoded tokens is not supported yet and raises.
+        Works on a layer in any state: uncompressed after a prefill, already compressed, holding decoded tokens.
+        Every entry held competes (prompt and generated alike) except the last ``window`` positions, always kept.
         Scorers that read every prompt query (H2O) see only the queries given.
         """
         if self.components is None:
@@ -189,25 +201,126 @@ class Compressor:
         if self.real_tokens is None:
             raise ValueError("nothing to compress yet: run the prompt's prefill through this cache first")
         w = self.components.window
-        for layer_idx, budget in budgets.items():
+        for layer_idx in budgets:
             layer = self.cache.layers[layer_idx]
-            if not isinstance(layer, CompressedLayer) or layer_idx not in self.scaling:
+            if not isinstance(layer, CompressedLayer) or layer_idx not in self.scaling or not layer.compressible:
                 raise ValueError(f"layer {layer_idx} is not a compressible layer of this cache")
-            if layer.compressed or layer.dense is None or layer.dense.length != self.valid.shape[-1]:
-                raise NotImplementedError(
-                    f"layer {layer_idx} already holds a compressed selection or decoded tokens; compressing it again "
-                    "(decode-time eviction) is not supported yet"
-                )
-            q = queries[layer_idx]
-            if q.shape[2] < min(w, self.valid.shape[-1]):
-                raise ValueError(f"compress needs at least window={w} queries for layer {layer_idx}, got {q.shape[2]}")
-            inputs = ScoringInputs(q, layer.dense.keys, layer.dense.values, self.valid, self.scaling[layer_idx], w)
-            budget = budget.to(self.real_tokens.device)
-            keep_all = (budget >= self.real_tokens - w) | (self.real_tokens <= w)
-            with torch.no_grad():
-                scores = self.components.scorer(inputs)
+            if layer_idx not in queries:
+                raise ValueError(f"no queries given for layer {layer_idx}")
+        with torch.no_grad():
+            for layer_idx, budget in budgets.items():
+                inputs = self._held_inputs(layer_idx, queries[layer_idx])
+                if queries[layer_idx].shape[2] < min(w, inputs.tokens):
+                    raise ValueError(
+                        f"compress needs at least window={w} queries for layer {layer_idx}, got "
+                        f"{queries[layer_idx].shape[2]}"
+                    )
+                budget = budget.to(self.real_tokens.device)
                 self.budgets[layer_idx] = budget
-                self._select(layer_idx, scores, budget, keep_all, keep_candidates=False)
+                self._keep_held(layer_idx, self.components.scorer(inputs), budget, budget.new_ones((), dtype=bool),
+                                (self.budget - w).clamp_min(0))
+
+    # -- decode-time eviction ---------------------------------------------------------------------------------------
+    @property
+    def _reserve(self) -> int:
+        """Headroom for decoded tokens given to dense compacted storage (the tokens until the next eviction)."""
+        return self.components.decode_interval if self.components is not None and self.components.decode_budget else 0
+
+    def held_per_head(self) -> list[float]:
+        """Per row, the entries the compressed layers hold per KV head on average (window included), padding
+        excluded: the quantity ``decode_budget`` bounds."""
+        logical = self.cache.get_seq_length()
+        if self._held is None:
+            prompt = self.valid.shape[-1]
+            rows = torch.zeros(self.real_tokens.shape[0], dtype=torch.float64)
+            for layer_idx in self.layers:
+                layer = self.cache.layers[layer_idx]
+                if layer.kept_prompt is not None:
+                    held = layer.kept_prompt.sum(-1).double().cpu() / layer.kv_heads
+                    held += logical - layer.prompt_columns
+                else:
+                    held = self.real_tokens.double().cpu() + (logical - prompt)
+                rows += held
+            self._held = ((rows / max(len(self.layers), 1)).tolist(), logical)
+        held, at = self._held
+        return [h + (logical - at) for h in held]
+
+    def after_forward(self) -> None:
+        """After every forward call: run decode-time eviction once the next token would pass ``decode_budget``."""
+        c = self.components
+        if c is None or c.decode_budget is None or self.real_tokens is None or not self.layers:
+            return
+        held = self.held_per_head()
+        if max(held) + 1 <= c.decode_budget:
+            return
+        start = time.perf_counter()
+        with torch.no_grad():
+            # per row: a row evicts when IT reaches the bound, so each sequence of a padded batch evolves as alone
+            self._evict_for_decode(torch.tensor([h + 1 > c.decode_budget for h in held]))
+        self.decode_seconds += time.perf_counter() - start
+        self.decode_evictions += 1
+        after = max(self.held_per_head())
+        if after + 1 > c.decode_budget and not self._overshoot_warned:
+            self._overshoot_warned = True
+            logger.warning(
+                "lavakv: after decode-time eviction %s still holds %.1f entries per KV head on average, above "
+                "decode_budget=%d - 1; its head floor holds more than its budget (use floor='exact')",
+                c.name, after, c.decode_budget,
+            )
+
+    def _evict_for_decode(self, active: torch.Tensor) -> None:
+        """Compress every layer to ``decode_budget - decode_interval`` per KV head on average (window included),
+        in the rows ``active [batch]`` (those at the bound); one global layer allocation from every layer's
+        statistic (METHODS.md's allocations, applied to what each layer holds now)."""
+        c = self.components
+        w = c.window
+        device = self.real_tokens.device
+        active = active.to(device)
+        logical = self.cache.get_seq_length()
+        tokens = self.real_tokens + (logical - self.valid.shape[-1])  # [b] real positions so far
+        mean = torch.full_like(self.real_tokens, c.decode_budget - c.decode_interval - w)  # [b] T - w
+        total = mean * len(self.layers)
+        scores: dict[int, torch.Tensor] = {}
+        stats = []
+        for layer_idx in self.layers:
+            inputs = self._held_inputs(layer_idx, self.cache.layers[layer_idx].recent_queries())
+            scores[layer_idx] = c.scorer(inputs)
+            if c.layers.cascade:
+                valid_prefix = inputs.valid & ~inputs.window_mask()
+                source = scores[layer_idx] if c.layers.reads == "scores" else inputs.window_attention()
+                stats.append(c.layers.statistic(source, valid_prefix, w, prefix_len=max(logical - w, 1)))
+        if c.layers.cascade:
+            statistics = torch.stack(stats)
+            budgets = c.layers.budgets(statistics, total, real_tokens=tokens, window=w)
+            self.statistics = dict(zip(self.layers, statistics, strict=True))
+        else:
+            budgets = c.layers.budgets(len(self.layers), mean, real_tokens=tokens, window=w)
+        budgets = _cap_total(budgets.to(device), total)
+        for layer_idx, budget in zip(self.layers, budgets, strict=True):
+            self.budgets[layer_idx] = budget
+            self._keep_held(layer_idx, scores[layer_idx], budget, active, mean)
+
+    def _held_inputs(self, layer_idx: int, queries: torch.Tensor) -> ScoringInputs:
+        """Scoring inputs over everything layer ``layer_idx`` holds (:meth:`CompressedLayer.held_entries`)."""
+        keys, values, valid = self.cache.layers[layer_idx].held_entries(self.valid)
+        return ScoringInputs(queries, keys, values, valid, self.scaling[layer_idx], self.window)
+
+    def _keep_held(self, layer_idx: int, scores: torch.Tensor, budget: torch.Tensor, active: torch.Tensor,
+                   configured: torch.Tensor) -> None:
+        """Keep the allocated entries of ``scores [batch, kv_heads, n]`` (over the held layout) in the rows
+        ``active`` (``[batch]`` or a scalar); other rows keep everything. Compacts the layer unless nothing goes.
+        ``configured [batch]`` is the configured mean budget minus the window (for the reference head floors)."""
+        c = self.components
+        layer: CompressedLayer = self.cache.layers[layer_idx]
+        valid = scores != float("-inf")
+        keep = c.heads(scores, budget.clamp_min(0), c.window, configured)
+        keep = torch.where(active.reshape(-1, 1, 1), keep, valid)
+        if torch.equal(keep, valid):
+            return  # nothing evicted: the layer stays as it is (an uncompressed one keeps its padding columns)
+        keys, values, _ = layer.held_entries(self.valid)
+        lengths = keep.sum(-1)
+        layer.replace_held(compact(keys[keep], values[keep], lengths, reserve=self._reserve), lengths)
+        self._held = None
 
     def _select(self, layer_idx: int, scores: torch.Tensor | None, budget: torch.Tensor, keep_all: torch.Tensor,
                 keep_candidates: bool) -> bool:
@@ -231,7 +344,19 @@ class Compressor:
         subset = keep.reshape(-1) if slots is None else keep[slots]
         keys, values = (layer.dense or layer.prefix).select(subset)
         lengths = keep.sum(-1)
-        layer.replace_prompt(compact(keys, values, lengths), lengths, prompt_columns=full.shape[-1])
+        layer.replace_held(compact(keys, values, lengths, reserve=self._reserve), lengths)
+        self._held = None
         if keep_candidates:
             self._candidates[layer_idx] = _Candidates(keep, full[keep])
         return True
+
+
+def _cap_total(budgets: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """``budgets [layers, batch]`` scaled down (floor) where a column sums above ``total [batch]``: decode-time
+    eviction's bound holds for every allocation, including reference schedules that give more than the mean."""
+    sums = budgets.sum(0)
+    over = sums > total
+    if not bool(over.any()):
+        return budgets
+    scaled = torch.floor(budgets.double() * (total.double() / sums.clamp_min(1).double())[None, :]).long()
+    return torch.where(over[None, :], scaled, budgets)

@@ -59,6 +59,13 @@ class SessionStats:
         shared_prefill_seconds: the compression wall time this cache actually took in its prefill, the shared
             window attention counted only where it was computed (summed over a prefill's caches: its total
             compression time). Equals ``compression_seconds`` for a cache prefilled alone.
+        decode_evictions: decode-time evictions run so far (methods with ``decode_budget``).
+        decode_eviction_seconds: their total wall time.
+        held_per_head: ``[batch]`` entries the compressed layers hold per KV head on average (window included,
+            padding excluded; prompt and generated), the quantity ``decode_budget`` bounds; None before prefill.
+
+    After decode-time eviction, ``kept_tokens`` counts the entries of the compacted part, which then holds
+    generated tokens as well as prompt tokens.
     """
 
     kept_tokens: list[torch.Tensor]
@@ -71,6 +78,9 @@ class SessionStats:
     layers: list[int]
     compression_seconds: float
     shared_prefill_seconds: float
+    decode_evictions: int = 0
+    decode_eviction_seconds: float = 0.0
+    held_per_head: list[float] | None = None
 
     @property
     def kept_entries(self) -> int:
@@ -272,6 +282,9 @@ class Session:
             layers=list(layers),
             compression_seconds=state.seconds,
             shared_prefill_seconds=state.wall_seconds,
+            decode_evictions=state.decode_evictions,
+            decode_eviction_seconds=state.decode_seconds,
+            held_per_head=state.held_per_head() if state.real_tokens is not None and state.layers else None,
         )
 
     def window_queries(self, cache: CompressedCache, layer_idx: int) -> tuple[torch.Tensor, float]:
@@ -361,13 +374,17 @@ class Session:
         return None
 
     def _after_forward(self, module, args, kwargs, output):
-        """Model forward hook: a cache whose method compresses but that compressed no layer says so, once."""
+        """Model forward hook: decode-time eviction once a cache would pass its ``decode_budget``; a cache whose
+        method compresses but that compressed no layer says so, once."""
         cache = cache_from(kwargs)
         if not isinstance(cache, CompressedCache):
             return None
         for target in (cache, *self._followers.get(cache, [])):
             compressor = self._compressors.get(target)
-            if compressor is None or compressor.components is None or target in self._warned:
+            if compressor is None or compressor.components is None:
+                continue
+            compressor.after_forward()
+            if target in self._warned:
                 continue
             if compressor.real_tokens is None and target.get_seq_length() > 0:
                 self._warned.add(target)

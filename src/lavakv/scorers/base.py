@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lavakv.validity import per_head
+
 
 @dataclass
 class ScoringInputs:
@@ -17,11 +19,14 @@ class ScoringInputs:
             tensor the layer computed (no copy). Most scorers only use :meth:`window_queries`.
         keys: the layer's full keys, post-RoPE, ``[batch, kv_heads, tokens, head_dim]``.
         values: the layer's full values, ``[batch, kv_heads, tokens, head_dim]``.
-        valid: ``[batch, tokens]`` bool, False on padding (left padding) positions.
+        valid: ``[batch, tokens]`` bool, False on padding (left padding) positions; or ``[batch, kv_heads, tokens]``
+            when the heads hold different entries (a compressed layer scored again during decoding: each head's
+            entries right-aligned, see :mod:`lavakv.validity`).
         scaling: the softmax scale the layer uses (usually ``head_dim ** -0.5``).
         window: the observation window w: the last ``window`` prompt positions, always kept.
 
-    The runtime only builds these for prompts longer than the window (``tokens > window``).
+    The runtime only builds these for prompts longer than the window (``tokens > window``). ``queries`` may hold
+    only the last queries (at least the window's): they are the queries of the last ``queries.shape[2]`` columns.
     """
 
     queries: torch.Tensor
@@ -84,12 +89,16 @@ class ScoringInputs:
             query_pos = torch.arange(n - w, n, device=q.device)
             key_pos = torch.arange(n, device=q.device)
             allowed = key_pos[None, :] <= query_pos[:, None]  # [w, n] causal inside the window
-            allowed = allowed[None, None] & self.valid[:, None, None, :]  # [b, 1, w, n]
+            allowed = allowed[None, None] & self.key_valid(hq)[:, :, None, :]  # [b, 1 or hq, w, n]
             logits = logits.masked_fill(~allowed, float("-inf"))
             probs = torch.softmax(logits, dim=-1)
             self._window_attention = torch.nan_to_num(probs, nan=0.0)  # fully masked rows (padding queries) -> 0
             self.window_seconds = time.perf_counter() - started
         return self._window_attention
+
+    def key_valid(self, heads: int) -> torch.Tensor:
+        """Validity of the entries for tensors with ``heads`` heads: ``[batch, heads or 1, tokens]`` bool."""
+        return per_head(self.valid, heads)
 
     def window_mask(self) -> torch.Tensor:
         """``[tokens]`` bool, True on the last ``window`` positions (the observation window)."""
@@ -104,4 +113,4 @@ class ScoringInputs:
         """
         scores = scores.float()
         scores = scores.masked_fill(self.window_mask()[None, None, :], float("inf"))
-        return scores.masked_fill(~self.valid[:, None, :], float("-inf"))
+        return scores.masked_fill(~self.key_valid(scores.shape[1]), float("-inf"))

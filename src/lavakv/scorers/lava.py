@@ -35,10 +35,10 @@ def lava_scores(
     scores = pool_prefix(scores, inputs.valid, inputs.window, kernel_size, pooling)
     scores = reduce_groups(scores, inputs.kv_heads, "max")  # [b, h_kv, n]
 
-    counted = inputs.valid  # [b, n]
+    counted = inputs.key_valid(inputs.kv_heads)  # [b, 1 or h_kv, n]
     if value_norm_range == "prefix":
-        counted = counted & ~inputs.window_mask()[None, :]
+        counted = counted & ~inputs.window_mask()
     norms = torch.linalg.vector_norm(inputs.values, ord=1, dim=-1, dtype=torch.float32)  # [b, h_kv, n] L1 norms
-    norms = norms.masked_fill(~counted[:, None, :], 0.0)  # norms are >= 0, so 0 never wins over a real one
+    norms = norms.masked_fill(~counted, 0.0)  # norms are >= 0, so 0 never wins over a real one
     value_factor = norms.amax(dim=-1, keepdim=True)  # [b, h_kv, 1]
     return inputs.finalize(scores * value_factor)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lavakv.validity import per_head
+
 POOLINGS = ("max", "avg")
 GQA_REDUCTIONS = ("mean", "max")
 #: where the GQA group reduction happens relative to pooling: "before-pool" (reduce the G query heads of a KV
@@ -64,7 +66,8 @@ def pool_prefix(scores: torch.Tensor, valid: torch.Tensor, window: int, kernel_s
 
     Args:
         scores: ``[batch, heads, tokens]`` float, >= 0 on valid prefix tokens (attention-derived).
-        valid: ``[batch, tokens]`` bool, False on padding.
+        valid: ``[batch, tokens]`` bool, False on padding; or per KV head ``[batch, kv_heads, tokens]`` (spread
+            over the query heads of each group when ``heads`` counts query heads).
         window: the observation window w; the last ``window`` columns are not pooled (so their +inf from
             :meth:`ScoringInputs.finalize` cannot leak) and are returned unchanged.
         kernel_size: odd, stride 1, padding ``kernel_size // 2`` (SnapKV); 1 returns ``scores`` as is.
@@ -81,7 +84,7 @@ def pool_prefix(scores: torch.Tensor, valid: torch.Tensor, window: int, kernel_s
     if p == 0:
         return scores
     prefix = scores[..., :p]  # [b, h, p]
-    pad = ~valid[:, None, :p]  # [b, 1, p]
+    pad = ~per_head(valid, h)[..., :p]  # [b, 1 or h, p]
     flat_shape = (b * h, 1, p)
     if pooling == "max":
         prefix = prefix.masked_fill(pad, float("-inf")).reshape(flat_shape)

@@ -13,14 +13,16 @@ def streaming_scores(inputs: ScoringInputs, *, n_sink: int = 4) -> torch.Tensor:
     With r the rank of a token among its row's real tokens (0 = first real token; left padding is skipped):
     sinks (r < ``n_sink``) score ``n_sink - r`` >= 1 (earliest first), every other token scores minus its
     distance to the last prompt token, <= 0 (recency). Scores do not depend on the amount of left padding.
-    Identical for every KV head. Returns float32 ``[batch, kv_heads, tokens]``: +inf on the window, -inf on
+    Identical for every KV head that holds the same positions (during decoding, ranks count the entries each head
+    still holds, so the sinks kept stay sinks). Returns float32 ``[batch, kv_heads, tokens]``: +inf on the window, -inf on
     padding.
     """
     if n_sink < 0:
         raise ValueError(f"n_sink must be >= 0 (0 = recency only), got {n_sink}")
     n = inputs.tokens
-    rank = torch.cumsum(inputs.valid.long(), dim=-1) - 1  # [b, n], rank among the row's real tokens
+    valid = inputs.key_valid(inputs.kv_heads)  # [b, 1 or h_kv, n]
+    rank = torch.cumsum(valid.long(), dim=-1) - 1  # rank among the real tokens (entries held, per head)
     position = torch.arange(n, device=rank.device)
-    recency = (position - (n - 1)).expand_as(rank)  # [b, n], 0 for the last token
-    scores = torch.where(rank < n_sink, n_sink - rank, recency).float()  # [b, n]
-    return inputs.finalize(scores[:, None, :].expand(-1, inputs.kv_heads, -1))
+    recency = (position - (n - 1)).expand_as(rank)  # 0 for the last token
+    scores = torch.where(rank < n_sink, n_sink - rank, recency).float()
+    return inputs.finalize(scores.expand(-1, inputs.kv_heads, -1))
