@@ -2,8 +2,11 @@
 
     python benchmarks/eval_tables.py benchmarks/results/eval/fidelity_smollm2_4k > table.md
     python benchmarks/eval_tables.py --by-task benchmarks/results/eval/qwen_ruler_code_4k   # tasks as columns
+    python benchmarks/eval_tables.py --against 'lava[alpha=0]' DIR    # paired differences within one preset
 
-Every number comes from the runs' metrics.json files; nothing is typed by hand.
+Every number comes from the runs' metrics.json files; nothing is typed by hand. A method is named by its label
+(``lava``, ``lava[alpha=0.2]``: ``lavakv eval --methods`` entries with options), read from the run's config.json by
+``lavakv.eval.report.method_label``, as ``lavakv report`` names it.
 """
 
 from __future__ import annotations
@@ -13,12 +16,21 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from lavakv.eval.intervals import paired_comparison
+from lavakv.eval.report import _group_key, find_runs, higher_is_better, load_run, method_label
+from lavakv.eval.specs import normalise_label
+
 
 def load(dirs: list[str]) -> list[dict]:
+    """The metrics of every run under ``dirs``, each with ``method`` replaced by the run's method label."""
     rows = []
     for d in dirs:
         for path in sorted(Path(d).glob("*/metrics.json")):
-            rows.append(json.loads(path.read_text()))
+            row = json.loads(path.read_text())
+            config = path.parent / "config.json"
+            if config.exists():
+                row["method"] = method_label(json.loads(config.read_text()))
+            rows.append(row)
     return rows
 
 
@@ -63,6 +75,54 @@ def task_matrix(rows: list[dict], budget: int) -> str:
     return "\n".join(lines)
 
 
+def paired_tables(dirs: list[str], against: str, metrics: tuple[str, ...]) -> str:
+    """Per metric, a table of every run of ``against``'s preset (``lava[alpha=0.2]`` for ``lava[alpha=0]``) against
+    that run at the same budget on the same samples (``lavakv report --against``'s pairing and bootstrap): the mean
+    paired difference (method - reference) with its 95 % interval, and the verdict (+ the method leads, - it
+    trails, ~ no difference resolved; lower is better for kl, ppl_ratio and attention_error)."""
+    against = normalise_label(against)
+    preset = against.partition("[")[0]
+    runs = [run for run in map(load_run, find_runs(dirs)) if run["metrics"] is not None]
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for run in runs:
+        groups[_group_key(run)].append(run)
+    out = []
+    mark = {"leads": "+", "trails": "-"}
+    for metric in metrics:
+        for key, members in sorted(groups.items(), key=lambda item: [str(k) for k in item[0]]):
+            references = {r["config"]["method"].get("budget"): r for r in members
+                          if method_label(r["config"]) == against}
+            labels = sorted({method_label(r["config"]) for r in members
+                             if method_label(r["config"]).partition("[")[0] == preset} - {against})
+            budgets = sorted(b for b in references if b is not None)
+            if not labels or not budgets:
+                continue
+            cells: dict[str, dict] = defaultdict(dict)
+            pairs = set()
+            for run in members:
+                label, budget = method_label(run["config"]), run["config"]["method"].get("budget")
+                if label not in labels or budget not in references:
+                    continue
+                base = references[budget]["scores"].get(metric)
+                values = run["scores"].get(metric)
+                if base is None or values is None:
+                    continue
+                result = paired_comparison(values, base, higher_is_better=higher_is_better(metric))
+                d = result.difference
+                pairs.add(d.n)
+                cells[label][budget] = (f"{d.mean:+.4f} [{d.low:+.4f}, {d.high:+.4f}] "
+                                        f"{mark.get(result.verdict, '~')}")
+            task, model, mode = key[:3]
+            out.append(f"**{metric}**: {model}, {task}, {mode}; paired against {against}, pairs per cell: "
+                       f"{sorted(pairs)}\n")
+            out.append("| method | " + " | ".join(f"B={b}" for b in budgets) + " |")
+            out.append("|---" * (len(budgets) + 1) + "|")
+            for label in labels:
+                out.append(f"| {label} | " + " | ".join(cells[label].get(b, "-") for b in budgets) + " |")
+            out.append("")
+    return "\n".join(out)
+
+
 def _fmt(value, digits: int = 3) -> str:
     if value is None:
         return "-"
@@ -70,6 +130,9 @@ def _fmt(value, digits: int = 3) -> str:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--against"]:  # paired differences against one label, within its preset
+        print(paired_tables(sys.argv[3:], sys.argv[2], ("kl", "top1_agreement", "attention_error")))
+        return
     if sys.argv[1:2] == ["--by-task"]:  # one score table per budget, tasks as columns
         rows = load(sys.argv[2:])
         for budget in sorted({r["budget"] for r in rows if r.get("budget") is not None}):

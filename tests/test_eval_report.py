@@ -330,3 +330,141 @@ def test_report_against_end_to_end_on_tiny_runs(tiny, tmp_path, capsys):
         _run(["report", str(out), "--against", "cake"])
     with pytest.raises(ValueError, match="--resamples must be >= 100"):
         _run(["report", str(out), "--resamples", "10"])
+
+
+# -- per-method options in --methods ----------------------------------------------------------------------------------
+LABELLED = "full,lava,lava[alpha=0.2],lava[ floor=lava-reference, alpha=0.20 ],snapkv[kernel_size=5]"
+
+
+def test_methods_with_options_are_labelled_in_directories_configs_reports_and_plots(tiny, tmp_path, capsys,
+                                                                                    monkeypatch):
+    from lavakv.eval import report as report_module
+
+    out = tmp_path / "results"
+    argv = ["eval", "--task", "needle", "--lengths", "250", "--depths", "0,0.5,1", "--samples", "2",
+            "--methods", LABELLED, "--budgets", "40,80", "--window", "8", "--max-new-tokens", "4",
+            "--out", str(out), "--no-progress"]
+    assert _run(argv) == 0
+    printed = capsys.readouterr().out
+    assert "9 run(s) finished" in printed
+    names = sorted(p.name.rsplit("__", 1)[0] for p in out.iterdir() if p.is_dir())
+    assert names == sorted(f"needle__smollm2-135m__{label}__query-aware" for label in [
+        "full", "lava-b40", "lava-b80", "lava+alpha=0.2-b40", "lava+alpha=0.2-b80",
+        "lava+alpha=0.2+floor=lava-reference-b40", "lava+alpha=0.2+floor=lava-reference-b80",
+        "snapkv+kernel_size=5-b40", "snapkv+kernel_size=5-b80"])
+    labelled = next(p for p in out.iterdir() if "+floor=" in p.name and p.name.count("-b80"))
+    config = json.loads((labelled / "config.json").read_text())
+    assert config["method_label"] == "lava[alpha=0.2,floor=lava-reference]"
+    assert config["label"] == "lava[alpha=0.2,floor=lava-reference]-b80"
+    assert config["method"]["name"] == "lava" and config["method"]["params"]["floor"] == "lava-reference"
+    metrics = json.loads((labelled / "metrics.json").read_text())
+    assert metrics["method_label"] == "lava[alpha=0.2,floor=lava-reference]" and metrics["method"] == "lava"
+    shown = [tuple(re.split(r"\s{2,}", line)[3:5]) for line in printed.splitlines() if line.startswith("needle")]
+    for row in (("lava[alpha=0.2,floor=lava-reference]", "80"), ("snapkv[kernel_size=5]", "40"), ("lava", "40")):
+        assert shown.count(row) == 1  # the eval's own table names them apart
+
+    # a rerun skips every run; the same entries written differently are the same runs
+    argv[argv.index(LABELLED)] = "lava[alpha=0.20],full,snapkv[kernel_size=5],lava,lava[alpha=.2,floor=lava-reference]"
+    assert _run(argv) == 0
+    assert "0 run(s) finished, 9 skipped" in capsys.readouterr().out
+
+    drawn = {}
+
+    def capture(series, path, **kwargs):
+        drawn[path.name] = series
+        return path
+
+    monkeypatch.setattr(report_module, "plot_lines", capture)
+    assert _run(["report", str(out), "--against", "lava[ alpha=0.20 ]", "--resamples", "500"]) == 0
+    printed = capsys.readouterr().out
+    table_rows = [re.split(r"\s{2,}", line) for line in printed.split("\n\n")[0].splitlines()[2:]]
+    assert sorted((row[3], row[4]) for row in table_rows) == sorted(
+        [("full", "-")] + [(m, b) for m in ("lava", "lava[alpha=0.2]", "lava[alpha=0.2,floor=lava-reference]",
+                                            "snapkv[kernel_size=5]") for b in ("40", "80")])
+    rows = _comparisons(printed)
+    compared = {(m, b) for m, b, metric in rows if metric == "exact"}
+    assert compared == {("full", "-"), ("lava", "40"), ("lava", "80"), ("lava[alpha=0.2,floor=lava-reference]", "40"),
+                        ("lava[alpha=0.2,floor=lava-reference]", "80"), ("snapkv[kernel_size=5]", "40"),
+                        ("snapkv[kernel_size=5]", "80")}
+    assert rows[("lava", "80", "exact")]["against"] == "lava[alpha=0.2]-b80"
+    assert "Paired against lava[alpha=0.2]:" in printed
+    metric_rows = _section(printed, "Every metric")
+    assert {row[3] for row in metric_rows[2:]} == {"full", "lava", "lava[alpha=0.2]",
+                                                  "lava[alpha=0.2,floor=lava-reference]", "snapkv[kernel_size=5]"}
+    series = drawn["needle__smollm2-135m__query-aware__score_vs_budget.png"]
+    assert set(series) == {"lava", "lava[alpha=0.2]", "lava[alpha=0.2,floor=lava-reference]",
+                           "snapkv[kernel_size=5]"}
+    heatmaps = sorted(p.name for p in (out / "plots").iterdir())
+    assert "needle__smollm2-135m__query-aware__lava+alpha=0.2-b40__heatmap.png" in heatmaps
+    assert "needle__smollm2-135m__query-aware__lava-b40__heatmap.png" in heatmaps
+
+    with pytest.raises(ValueError, match=r"--against lava\[alpha=0.5\]: no finished run of method 'lava\[alpha=0.5\]'"
+                                         r"; methods here: full, lava, lava\[alpha=0.2,floor=lava-reference\], "
+                                         r"lava\[alpha=0.2\], snapkv\[kernel_size=5\]$"):
+        _run(["report", str(out), "--against", "lava[alpha=0.5]"])
+    with pytest.raises(ValueError, match=r"--against: 'lava\[alpha=0.2': the '\[' is not closed"):
+        _run(["report", str(out), "--against", "lava[alpha=0.2"])
+
+
+@pytest.mark.parametrize(("methods", "message"), [
+    ("lava[alpha=0.2", r"a '\[' is not closed"),
+    ("lava[foo=1]", r"--methods entry 'lava\[foo=1\]': unknown parameter\(s\) foo"),
+    ("lava[alpha=x]", "alpha is a number, got 'x'"),
+    ("full[alpha=0.1]", "full does not compress and takes no options"),
+    ("lavaa[alpha=0.1]", "unknown method 'lavaa'"),
+])
+def test_bad_method_options_are_usage_errors_before_the_model_loads(methods, message, tiny, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        _run(["eval", "--task", "needle", "--methods", methods, "--out", str(tmp_path)])
+    assert tiny == []
+
+
+def test_report_labels_old_runs_by_their_preset_and_new_ones_by_their_label(tmp_path):
+    """Runs written before labels were recorded (no method_label in config.json) are named by their preset, next
+    to labelled runs, and --against finds either."""
+    from lavakv.eval.report import report
+
+    ids = _ids(8)
+    _write_run(tmp_path, "snapkv", 64, {i: 0.0 for i in ids})
+    labelled = _write_run(tmp_path, "lava", 64, {i: 1.0 for i in ids})
+    config = json.loads((labelled / "config.json").read_text())
+    config.update(method_label="lava[alpha=0.2]", label="lava[alpha=0.2]-b64")
+    (labelled / "config.json").write_text(json.dumps(config))
+    text, _ = report([tmp_path], plots=tmp_path / "plots", against="snapkv", resamples=500)
+    assert _comparisons(text)[("lava[alpha=0.2]", "64", "exact")]["verdict"] == "leads"
+    text, _ = report([tmp_path], plots=tmp_path / "plots", against="lava[alpha=0.2]", resamples=500)
+    row = _comparisons(text)[("snapkv", "64", "exact")]
+    assert row["verdict"] == "trails" and row["against"] == "lava[alpha=0.2]-b64"
+
+
+def test_eval_tables_group_by_label(tmp_path, capsys, monkeypatch):
+    """benchmarks/eval_tables.py renders one row per method label (older runs: per preset)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "eval_tables.py"
+    spec = importlib.util.spec_from_file_location("eval_tables", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ids = _ids(4)
+    for method, budget, value in (("lava", 64, 0.25), ("lava", 128, 0.5), ("full", None, 1.0)):
+        _write_run(tmp_path, method, budget, {i: value for i in ids})
+    for budget, value in ((64, 0.75), (128, 0.0)):
+        directory = _write_run(tmp_path / "x", "lava", budget, {i: value for i in ids})
+        config = json.loads((directory / "config.json").read_text())
+        config.update(method_label="lava[alpha=0.2]", label=f"lava[alpha=0.2]-b{budget}")
+        (directory / "config.json").write_text(json.dumps(config))
+        directory.rename(tmp_path / directory.name.replace("lava-b", "lava+alpha=0.2-b"))
+    for metrics_path in tmp_path.glob("*/metrics.json"):  # the fields the runner writes that _write_run leaves out
+        metrics = json.loads(metrics_path.read_text())
+        metrics_path.write_text(json.dumps({**metrics, "model": "tiny", "query_mode": "query-aware"}))
+    monkeypatch.setattr("sys.argv", ["eval_tables.py", str(tmp_path)])
+    module.main()
+    printed = capsys.readouterr().out
+    assert "| lava | 25.000 | 50.000 |" in printed
+    assert "| lava[alpha=0.2] | 75.000 | 0.000 |" in printed
+    assert "| full | 100.000 | 100.000 |" in printed
+    paired = module.paired_tables([str(tmp_path)], "lava[ alpha=0.20 ]", ("exact",))
+    assert "**exact**: tiny, needle, query-aware; paired against lava[alpha=0.2], pairs per cell: [4]" in paired
+    assert "| lava | -50.0000 [-50.0000, -50.0000] - | +50.0000 [+50.0000, +50.0000] + |" in paired
+    assert "full" not in paired  # only the reference's preset

@@ -320,3 +320,64 @@ def test_a_last_record_without_its_newline_is_kept_and_the_line_ended(tmp_path):
     assert [r["id"] for r in read_predictions(path)] == ["a", "b", "c"]
     path.write_text('{"id": "a"}\n{"id": "b')  # torn: dropped, file repaired
     assert [r["id"] for r in read_predictions(path)] == ["a"] and path.read_text() == '{"id": "a"}\n'
+
+
+def test_runs_with_options_resume_and_plain_presets_keep_their_directory_names(tmp_path, monkeypatch):
+    import hashlib
+
+    from lavakv.eval.runner import run_config, run_directory
+
+    model, tokenizer = tiny_eval_pair()
+    methods = ["full", "lava", "lava[alpha=0.2]", "ada-snapkv[alpha=0.5,floor=adakv-reference]"]
+    config = _config(tmp_path, methods=methods, budgets=[40], depths=[0.0, 0.5, 1.0])
+    real = runner_module.evaluate_sample
+    calls: list[int] = []
+
+    def crash_after_two(*args, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "evaluate_sample", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(model, tokenizer, config, model_id="tiny", progress=False)
+    before = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert len(before) == 4 and any("__lava+alpha=0.2-b40__" in name for name in before)
+    resumed: list[str] = []
+
+    def count(model, tokenizer, session, task, sample, methods, agnostic):
+        resumed.append(sample.id)
+        return real(model, tokenizer, session, task, sample, methods, agnostic)
+
+    monkeypatch.setattr(runner_module, "evaluate_sample", count)
+    results = run_eval(model, tokenizer, config, model_id="tiny", progress=False)
+    assert len(resumed) == 1 and {r.status for r in results} == {"finished"}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == before
+    monkeypatch.setattr(runner_module, "evaluate_sample", real)
+    fresh = run_eval(model, tokenizer, _config(tmp_path / "fresh", methods=methods, budgets=[40],
+                                                depths=[0.0, 0.5, 1.0]), model_id="tiny", progress=False)
+    by_label = {r.label: r for r in results}
+    assert set(by_label) == {"full", "lava-b40", "lava[alpha=0.2]-b40",
+                             "ada-snapkv[alpha=0.5,floor=adakv-reference]-b40"}
+    for b in fresh:
+        a = by_label[b.label]
+        assert a.directory.name == b.directory.name
+        assert [r["prediction"] for r in read_predictions(a.directory / PREDICTIONS)] == \
+            [r["prediction"] for r in read_predictions(b.directory / PREDICTIONS)]
+        assert a.metrics["score"] == b.metrics["score"] and a.metrics["method_label"] == b.label.split("-b40")[0]
+    params = json.loads((by_label["ada-snapkv[alpha=0.5,floor=adakv-reference]-b40"].directory / "config.json")
+                        .read_text())["method"]["params"]
+    assert params["alpha"] == 0.5 and params["floor"] == "adakv-reference"
+
+    # a plain preset's directory is named as before labels were recorded: label slug + hash without method_label
+    task = NeedleTask(tokenizer, config.options)
+    for run in plan_runs(config):
+        resolved = run_config(task, run, config, model, "tiny")
+        assert resolved["method_label"] == run.name
+        if "[" in run.label:
+            continue
+        old = {k: v for k, v in resolved.items() if k != "method_label"}
+        digest = hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:10]
+        expected = f"needle__tiny__{runner_module.slug(run.label)}__query-aware__{digest}"
+        assert run_directory(tmp_path, resolved).name == expected
