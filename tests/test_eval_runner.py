@@ -371,6 +371,7 @@ def test_runs_with_options_resume_and_plain_presets_keep_their_directory_names(t
     assert params["alpha"] == 0.5 and params["floor"] == "adakv-reference"
 
     # a plain preset's directory is named as before labels were recorded: label slug + hash without method_label
+    # (and without method fields added later, while they are off)
     task = NeedleTask(tokenizer, config.options)
     for run in plan_runs(config):
         resolved = run_config(task, run, config, model, "tiny")
@@ -378,6 +379,22 @@ def test_runs_with_options_resume_and_plain_presets_keep_their_directory_names(t
         if "[" in run.label:
             continue
         old = {k: v for k, v in resolved.items() if k != "method_label"}
+        old["method"] = {k: v for k, v in old["method"].items()
+                         if k not in ("decode_budget", "decode_interval") or v is not None}
         digest = hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:10]
         expected = f"needle__tiny__{runner_module.slug(run.label)}__query-aware__{digest}"
         assert run_directory(tmp_path, resolved).name == expected
+
+
+def test_method_fields_added_later_change_the_directory_only_when_used(tmp_path):
+    from lavakv.eval.runner import run_directory
+
+    before = {"task": "needle", "model": "tiny", "label": "lava-b64", "query_mode": "query-aware",
+              "method": {"name": "lava", "budget": 64, "params": {"alpha": 0.0}}}
+    now = {**before, "method_label": "lava",
+           "method": {**before["method"], "decode_budget": None, "decode_interval": None}}
+    assert run_directory(tmp_path, now) == run_directory(tmp_path, before)
+    used = {**now, "method": {**now["method"], "decode_budget": 128, "decode_interval": 16}}
+    assert run_directory(tmp_path, used) != run_directory(tmp_path, before)
+    other = {**now, "method": {**now["method"], "params": {"alpha": 0.2}}}
+    assert run_directory(tmp_path, other) != run_directory(tmp_path, before)

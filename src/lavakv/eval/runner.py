@@ -69,6 +69,9 @@ SHARD_PATTERN = "predictions.rank*.jsonl"
 STATE_LOCK = ".lavakv-eval.state.lock"
 TIMING_KEYS = ("prefill_seconds", "decode_seconds")  # the only record fields that differ between identical reruns
 UNHASHED = ("method_label",)  # config.json keys the directory hash leaves out (the run label already covers them)
+#: method fields added after result directories were first written: left out of the hash while off (None), so
+#: runs written before the field existed keep their directory (and resume) when it is not used
+LATER_METHOD_FIELDS = ("decode_budget", "decode_interval")
 
 
 @dataclass(frozen=True)
@@ -257,6 +260,9 @@ def agnostic_for(task: Task, config: EvalConfig) -> bool:
 def run_directory(out: Path, resolved: dict[str, Any]) -> Path:
     """Deterministic directory of a run: readable parts plus a hash of its resolved config."""
     hashed = {k: v for k, v in resolved.items() if k not in UNHASHED}
+    if isinstance(hashed.get("method"), dict):
+        hashed["method"] = {k: v for k, v in hashed["method"].items()
+                            if not (k in LATER_METHOD_FIELDS and v is None)}
     digest = hashlib.sha256(json.dumps(hashed, sort_keys=True, default=str).encode()).hexdigest()[:10]
     name = "__".join([slug(resolved["task"]), slug(resolved["model"]), label_slug(resolved["label"]),
                       resolved["query_mode"], digest])
