@@ -245,10 +245,10 @@ def add_subcommands(subparsers, parents: Sequence[argparse.ArgumentParser] = ())
 
     p = subparsers.add_parser(
         "report", parents=list(parents), help="summarise result directories: table and plots",
-        description="Print a table of the runs under the given directories (score with its 95%% bootstrap interval "
+        description="Print a table of the runs under the given directories (score with its 95 % bootstrap interval "
                     "over samples, samples, resident KV bytes, RULER and LongBench aggregates), every metric with "
                     "its interval, and with --against a paired per-sample comparison of every method with that "
-                    "one; write PNG plots: score vs budget (95%% error bars), resident KV bytes vs budget, needle "
+                    "one; write PNG plots: score vs budget (95 % error bars), resident KV bytes vs budget, needle "
                     "heatmaps.",
     )
     p.add_argument("dirs", nargs="+", metavar="DIR", help="`lavakv eval --out` directories or run directories")
