@@ -78,8 +78,8 @@ def task_matrix(rows: list[dict], budget: int) -> str:
 def paired_tables(dirs: list[str], against: str, metrics: tuple[str, ...]) -> str:
     """Per metric, a table of every run of ``against``'s preset (``lava[alpha=0.2]`` for ``lava[alpha=0]``) against
     that run at the same budget on the same samples (``lavakv report --against``'s pairing and bootstrap): the mean
-    paired difference (method - reference) with its 95 % interval, and the verdict (+ the method leads, - it
-    trails, ~ no difference resolved; lower is better for kl, ppl_ratio and attention_error)."""
+    paired difference (method - reference) with its 95 % interval (3 significant digits), and the verdict (+ the
+    method leads, - it trails, ~ no difference resolved; lower is better for kl, ppl_ratio and attention_error)."""
     against = normalise_label(against)
     preset = against.partition("[")[0]
     runs = [run for run in map(load_run, find_runs(dirs)) if run["metrics"] is not None]
@@ -110,7 +110,7 @@ def paired_tables(dirs: list[str], against: str, metrics: tuple[str, ...]) -> st
                 result = paired_comparison(values, base, higher_is_better=higher_is_better(metric))
                 d = result.difference
                 pairs.add(d.n)
-                cells[label][budget] = (f"{d.mean:+.4f} [{d.low:+.4f}, {d.high:+.4f}] "
+                cells[label][budget] = (f"{d.mean:+.3g} [{d.low:+.3g}, {d.high:+.3g}] "
                                         f"{mark.get(result.verdict, '~')}")
             task, model, mode = key[:3]
             out.append(f"**{metric}**: {model}, {task}, {mode}; paired against {against}, pairs per cell: "
