@@ -164,7 +164,7 @@ def test_two_threads_sharing_one_attached_model_get_their_own_results():
 
 
 # -- 5. chunked prefill and reused caches ---
-def test_prefill_chunk_size_is_refused_until_supported():
+def test_prefill_chunk_size_needs_a_chunked_method():
     model = tiny_model("llama")
     ids, mask = prompt(batch=1, length=64)
     with lavakv.method("snapkv", budget=16, window=4).attach(model) as session:
@@ -195,7 +195,7 @@ def test_cache_reused_for_a_second_prompt_is_refused():
     ("cake", {"gamma": "high"}, TypeError, "gamma"),
     ("cake", {"tau1_inv": -0.5}, ValueError, "tau1_inv"),
     ("random", {"seed": "x"}, TypeError, "seed"),
-    ("h2o", {"chunk_size": 0}, ValueError, "chunk_size"),
+    ("h2o", {"query_block": 0}, ValueError, "query_block"),
     ("lava", {"alpha": "0.2"}, TypeError, "alpha"),
     ("lava", {"alpha": True}, TypeError, "alpha"),
     ("lava", {"alpha": 1.0}, ValueError, "alpha"),

@@ -27,7 +27,7 @@ CONFIGS = [
     ("snapkv", {"gqa_order": "after-pool"}),
     ("lava", {}),
     ("lava", {"pooling": "avg", "value_norm_range": "prefix"}),
-    ("h2o", {"chunk_size": 5}),
+    ("h2o", {"query_block": 5}),
     ("tova", {}),
     ("tova", {"head_scope": "group"}),
     ("streaming", {}),
@@ -220,8 +220,8 @@ def test_bad_options_are_rejected():
         tova_scores(inputs, head_scope="kv")
     with pytest.raises(ValueError, match="value_norm_range must be one of"):
         lava_scores(inputs, value_norm_range="window")
-    with pytest.raises(ValueError, match="chunk_size"):
-        h2o_scores(inputs, chunk_size=0)
+    with pytest.raises(ValueError, match="query_block"):
+        h2o_scores(inputs, query_block=0)
     with pytest.raises(ValueError, match="n_sink"):
         streaming_scores(inputs, n_sink=-1)
 
@@ -371,12 +371,12 @@ def test_cake_sample_variance_of_a_one_query_window_is_zero():
     assert torch.equal(cake_scores(inputs, gamma=50.0), cake_scores(inputs, gamma=0.0))
 
 
-@pytest.mark.parametrize("chunk_size", [1, 7, 16, 1000])
-def test_h2o_chunked_matches_dense_float64_reference(chunk_size):
+@pytest.mark.parametrize("query_block", [1, 7, 16, 1000])
+def test_h2o_chunked_matches_dense_float64_reference(query_block):
     inputs = make_inputs(batch=2, kv_heads=2, group=3, tokens=16, window=3, pads=(0, 5), seed=8)
     attention = dense_attention64(inputs) * inputs.valid[:, None, :, None]  # padding queries excluded
     expected = finalize64(group64(attention.sum(dim=2), inputs.kv_heads, "mean"), inputs)
-    torch.testing.assert_close(h2o_scores(inputs, chunk_size=chunk_size).double(), expected, **TOL)
+    torch.testing.assert_close(h2o_scores(inputs, query_block=query_block).double(), expected, **TOL)
 
 
 @pytest.mark.parametrize("head_scope", ["layer", "group"])

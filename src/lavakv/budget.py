@@ -111,3 +111,17 @@ def validate_decode_budget(
             f"fall below {what}; use decode_interval <= {decode_budget - floor} or a larger decode_budget"
         )
     return decode_interval
+
+
+def validate_chunk_size(chunk_size: int | None, window: int) -> None:
+    """Check the chunked-prefill chunk size: an int of at least ``window`` tokens (each chunk's last ``window``
+    queries score the cache after it), or None for an exact one-call prefill."""
+    if chunk_size is None:
+        return
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
+        raise TypeError(f"chunk_size must be an int number of tokens, got {chunk_size!r}")
+    if chunk_size < window:
+        raise ValueError(
+            f"chunk_size ({chunk_size}) is smaller than the observation window ({window}): each chunk's last "
+            f"{window} queries score the cache after it; use chunk_size >= {window} or a smaller window="
+        )

@@ -51,6 +51,8 @@ class GenerationResult:
         new_tokens: tokens generated, the first one and an end-of-sequence token included.
         first_token_logits: ``[vocab]`` float32 logits of the first generated token (exact under compression
             when query-aware: prefill attention never depends on the method).
+        decode_evictions: decode-time evictions while generating (methods with ``decode_budget``).
+        end_resident_kv_bytes: K/V bytes the cache holds when decoding ended (growth slack excluded).
     """
 
     text: str
@@ -63,6 +65,8 @@ class GenerationResult:
     decode_seconds: float
     new_tokens: int
     first_token_logits: torch.Tensor | None = field(default=None, repr=False)
+    decode_evictions: int = 0
+    end_resident_kv_bytes: int | None = None
 
     @property
     def decode_ms_per_token(self) -> float | None:
@@ -282,39 +286,47 @@ def generate_many(
 
     results = []
     with torch.no_grad(), resolved[0].attach(model) as session:
-        start = time.perf_counter()
-        caches, shared_logits = session.prefill(compressed, torch.ones_like(compressed), resolved)
-        sync(device)
-        shared_seconds = time.perf_counter() - start
-        shared_stats = [session.stats(c) for c in caches]
-        compression = [st.compression_seconds for st in shared_stats]  # each as if prefilled alone
-        spent = sum(st.shared_prefill_seconds for st in shared_stats)  # what the shared prefill actually spent
-        del shared_stats
-        for i in tqdm(range(len(caches)), desc="lavakv decode", unit="method", file=sys.stderr, disable=not progress):
-            cache, caches[i] = caches[i], None  # release each cache once used
+        # one exact prefill serves every method; a chunked-prefill method (chunk_size) needs its own
+        groups = [[m] for m in resolved] if any(m.chunk_size for m in resolved) else [resolved]
+        for group in tqdm(groups, desc="lavakv prefill", unit="prefill", file=sys.stderr,
+                          disable=not progress or len(groups) == 1):
             start = time.perf_counter()
-            if query_agnostic:
-                logits = session.extend(cache, ids[:, compressed.shape[1]:]).logits[:, -1].float()  # [1, vocab]
-            else:
-                logits = shared_logits.float()
+            caches, shared_logits = session.prefill(compressed, torch.ones_like(compressed), group)
             sync(device)
-            prefill_seconds = shared_seconds - spent + compression[i] + time.perf_counter() - start
-            stats = session.stats(cache)
+            shared_seconds = time.perf_counter() - start
+            shared_stats = [session.stats(c) for c in caches]
+            compression = [st.compression_seconds for st in shared_stats]  # each as if prefilled alone
+            spent = sum(st.shared_prefill_seconds for st in shared_stats)  # what the shared prefill actually spent
+            del shared_stats
+            for i in tqdm(range(len(caches)), desc="lavakv decode", unit="method", file=sys.stderr,
+                          disable=not progress or len(groups) > 1):
+                cache, caches[i] = caches[i], None  # release each cache once used
+                start = time.perf_counter()
+                if query_agnostic:
+                    logits = session.extend(cache, ids[:, compressed.shape[1]:]).logits[:, -1].float()  # [1, vocab]
+                else:
+                    logits = shared_logits.float()
+                sync(device)
+                prefill_seconds = shared_seconds - spent + compression[i] + time.perf_counter() - start
+                stats = session.stats(cache)
 
-            start = time.perf_counter()
-            decoded = decode_from_cache(model, cache, logits, max_new_tokens=max_new_tokens, stops=stops)
-            sync(device)
-            decode_seconds = time.perf_counter() - start
-            results.append(GenerationResult(
-                text=decode_text(tokenizer, decoded.tokens),
-                prompt_tokens=int(ids.shape[1]),
-                compressed_tokens=int(compressed.shape[1]),
-                kept_entries=stats.kept_entries,
-                resident_kv_bytes=stats.resident_kv_bytes,
-                uncompressed_kv_bytes=stats.uncompressed_kv_bytes,
-                prefill_seconds=prefill_seconds,
-                decode_seconds=decode_seconds,
-                new_tokens=len(decoded.tokens),
-                first_token_logits=logits[0].cpu(),
-            ))
+                start = time.perf_counter()
+                decoded = decode_from_cache(model, cache, logits, max_new_tokens=max_new_tokens, stops=stops)
+                sync(device)
+                decode_seconds = time.perf_counter() - start
+                end = session.stats(cache)
+                results.append(GenerationResult(
+                    text=decode_text(tokenizer, decoded.tokens),
+                    prompt_tokens=int(ids.shape[1]),
+                    compressed_tokens=int(compressed.shape[1]),
+                    kept_entries=stats.kept_entries,
+                    resident_kv_bytes=stats.resident_kv_bytes,
+                    uncompressed_kv_bytes=stats.uncompressed_kv_bytes,
+                    prefill_seconds=prefill_seconds,
+                    decode_seconds=decode_seconds,
+                    new_tokens=len(decoded.tokens),
+                    first_token_logits=logits[0].cpu(),
+                    decode_evictions=end.decode_evictions,
+                    end_resident_kv_bytes=end.resident_kv_bytes,
+                ))
     return results

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from lavakv.allocation import HEAD_ALLOCATIONS, LAYER_ALLOCATIONS
-from lavakv.budget import validate_budget, validate_decode_budget
+from lavakv.budget import validate_budget, validate_chunk_size, validate_decode_budget
 from lavakv.runtime.components import Components
 from lavakv.runtime.session import Session
 from lavakv.scorers import SCORERS, Scorer, scorer_defaults
@@ -54,6 +54,8 @@ class Method:
         decode_budget: while generating, at most this many entries per KV head per layer on average (window
             included), by decode-time eviction; None: generated tokens are all kept.
         decode_interval: tokens generated between two decode-time evictions.
+        chunk_size: prefill the prompt in chunks of at most this many tokens, compressing after each (bounded
+            prefill memory); None: one exact prefill.
     """
 
     name: str
@@ -66,6 +68,7 @@ class Method:
     params: dict[str, Any] = field(default_factory=dict)
     decode_budget: int | None = None
     decode_interval: int | None = None
+    chunk_size: int | None = None
 
     @property
     def compresses(self) -> bool:
@@ -91,7 +94,7 @@ class Method:
                 f"layers='uniform'/'pyramid'"
             )
         return Components(self.name, scorer, layers, heads, self.budget, self.compression_ratio, self.window,
-                          self.decode_budget, self.decode_interval)
+                          self.decode_budget, self.decode_interval, self.chunk_size)
 
     def layer_allocation(self):
         """The layer allocation object (static or cascade)."""
@@ -117,6 +120,7 @@ class Method:
             "window": self.window,
             "decode_budget": self.decode_budget,
             "decode_interval": self.decode_interval,
+            "chunk_size": self.chunk_size,
             "params": dict(self.params),
         }
 
@@ -137,6 +141,7 @@ def method(
     window: int | None = None,
     decode_budget: int | None = None,
     decode_interval: int | None = None,
+    chunk_size: int | None = None,
     **params: Any,
 ) -> Method:
     """Build a method from a preset name and/or components.
@@ -151,9 +156,9 @@ def method(
     if name is not None and name not in PRESETS:
         raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(PRESETS)} (or compose with scorer=...)")
     if name == "full":
-        if decode_budget is not None or decode_interval is not None:
-            raise ValueError("method 'full' does not compress: decode_budget / decode_interval need a compressing "
-                             "method (e.g. lavakv.method('lava', budget=256, decode_budget=512))")
+        if decode_budget is not None or decode_interval is not None or chunk_size is not None:
+            raise ValueError("method 'full' does not compress: decode_budget / decode_interval / chunk_size need a "
+                             "compressing method (e.g. lavakv.method('lava', budget=256, decode_budget=512))")
         if budget is not None or compression_ratio is not None or scorer or layers or heads or params:
             raise ValueError("method 'full' does not compress: give it no budget, ratio, components or parameters")
         if window is not None:
@@ -173,6 +178,7 @@ def method(
             raise ValueError(f"unknown {kind} {value!r}; choose one of: {', '.join(registry)}")
     validate_budget(budget, compression_ratio, window)
     decode_interval = validate_decode_budget(decode_budget, decode_interval, budget, window)
+    validate_chunk_size(chunk_size, window)
     defaults = {**scorer_defaults(scorer), **_fields(LAYER_ALLOCATIONS[layers]), **_fields(HEAD_ALLOCATIONS[heads])}
     unknown = sorted(set(params) - set(defaults))
     if unknown:
@@ -183,7 +189,7 @@ def method(
     resolved = {**defaults, **params}
     is_preset = name is not None and (scorer, layers, heads) == preset
     m = Method(name if is_preset else "custom", scorer, layers, heads, budget, compression_ratio, window, resolved,
-               decode_budget, decode_interval)
+               decode_budget, decode_interval, chunk_size)
     m.resolve()  # validates every component's parameters now, not at prefill
     return m
 
@@ -195,6 +201,6 @@ def describe(name: str) -> dict[str, Any]:
     if PRESETS[name] is None:
         return {"name": "full", "scorer": None, "layers": None, "heads": None, "params": {}}
     info = method(name, budget=10**9, window=1).describe()
-    for key in ("budget", "compression_ratio", "window", "decode_budget", "decode_interval"):
+    for key in ("budget", "compression_ratio", "window", "decode_budget", "decode_interval", "chunk_size"):
         info.pop(key)
     return info

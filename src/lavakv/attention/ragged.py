@@ -214,7 +214,9 @@ def _probabilities(
     """float32 softmax of scaled ``scores [batch * kv_heads, G * q_len, width + tail]`` (prefix columns first).
 
     ``prefix_foreign`` (``[batch * kv_heads, 1, width]`` bool) masks prefix columns of other segments; ``tail_valid``
-    (``[batch or 1, 1, q_len, tail]``) masks the tail columns for every query head of a group alike.
+    (``[batch or 1, 1, q_len, tail]``) masks the tail columns for every query head of a group alike. A row that
+    sees nothing (a padding query whose sequence holds no earlier entry, e.g. during chunked prefill) gets zeros,
+    as PyTorch's SDPA gives, not NaN.
     """
     scores = scores.float() if scores.dtype != torch.float32 else scores
     if prefix_foreign is not None:
@@ -224,6 +226,7 @@ def _probabilities(
         visible = tail_valid.expand(batch, kv_heads, q_len, t)[:, :, None]
         visible = visible.expand(batch, kv_heads, rows // q_len, q_len, t).reshape(batch * kv_heads, rows, t)
         scores[:, :, width:].masked_fill_(~visible, float("-inf"))
+        return torch.softmax(scores, dim=-1).nan_to_num_(nan=0.0)
     return torch.softmax(scores, dim=-1)
 
 

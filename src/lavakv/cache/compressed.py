@@ -7,9 +7,13 @@ Each attention layer is a :class:`CompressedLayer`. After prefill it holds eithe
 * a ragged :class:`~lavakv.cache.storage.RaggedKV` prefix with the kept prompt entries of each head plus a dense
   ``DenseKV`` tail with the decoded tokens (every head receives every new token).
 
+Decode-time eviction compacts everything held (prompt and decoded entries) into a new dense or ragged prefix that
+stands for every logical column so far (``prompt_columns``); later tokens form a new tail.
+
 Positions stay logical: ``get_seq_length`` and ``get_mask_sizes`` report the original prompt length plus the
 appended tokens, so new tokens get their true position ids and transformers builds the mask over logical
-columns; the attention function maps the columns after the prompt onto the stored tail (docs/methods.md).
+columns; the attention function maps the columns after the compacted prefix onto the stored tail
+(docs/methods.md).
 
 Sliding-window layers (Mistral's default config, Qwen2 with ``use_sliding_window``, Gemma 3's local layers): while
 the whole sequence fits in the window, sliding attention is full attention, so such a layer is compressed like any
@@ -217,29 +221,39 @@ class CompressedLayer(CacheLayerMixin):
         self.kept_prompt = kept
         self.compressed = True
 
-    def held_entries(self, prompt_valid: torch.Tensor | None
+    def held_entries(self, column_valid: torch.Tensor | None
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Everything the layer holds, laid out for scoring: K, V ``[batch, kv_heads, n, head_dim]`` and validity.
 
         Each head's entries are in position order and end at the last column (the most recent token), so the
         last ``window`` columns are the observation window in every head. Validity is ``[batch, n]`` when every
         head holds the same positions (dense storage) and ``[batch, kv_heads, n]`` for ragged storage (invalid
-        columns on the left). ``prompt_valid [batch, prompt tokens]`` marks the left padding an uncompressed layer
-        still holds (None: none). A ragged layer makes padded copies (transient); a dense one returns views.
+        columns on the left). ``column_valid [batch, columns]`` marks the left padding among the logical columns
+        (the prompt's, chunk by chunk); columns past it are real (generated tokens); None: no padding. A compacted
+        part holds real entries only. A ragged layer makes padded copies (transient); a dense one returns views.
         """
         if not self.compressible:
             raise ValueError("this layer holds no entries lavakv compresses (not filled, or sliding past its window)")
+
+        def columns_valid(start: int, count: int, device) -> torch.Tensor:
+            valid = torch.ones(self.batch, count, dtype=torch.bool, device=device)
+            if column_valid is not None:
+                known = column_valid[:, start : start + count]
+                valid[:, : known.shape[1]] = known
+            return valid
+
         if self.prefix is None:
             keys, values = self.dense.keys, self.dense.values
-            valid = torch.ones(keys.shape[0], keys.shape[2], dtype=torch.bool, device=keys.device)
-            if not self.compressed and prompt_valid is not None:
-                valid[:, : prompt_valid.shape[-1]] = prompt_valid
+            kept = self.dense_prompt_entries if self.compressed else 0
+            valid = torch.cat([torch.ones(self.batch, kept, dtype=torch.bool, device=keys.device),
+                               columns_valid(self.prompt_columns, keys.shape[2] - kept, keys.device)], dim=1)
             return keys, values, valid
         keys, values, valid = self.prefix.right_aligned()
         if self.tail is not None:
             keys = torch.cat([keys, self.tail.keys], dim=2)
             values = torch.cat([values, self.tail.values], dim=2)
-            valid = torch.cat([valid, valid.new_ones(*valid.shape[:2], self.tail.length)], dim=2)
+            tail = columns_valid(self.prompt_columns, self.tail.length, keys.device)
+            valid = torch.cat([valid, tail[:, None, :].expand(-1, valid.shape[1], -1)], dim=2)
         return keys, values, valid
 
     # -- recent queries (decode-time eviction scores with the last window of queries) ----------------------------

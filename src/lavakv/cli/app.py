@@ -51,20 +51,25 @@ class _Parser(argparse.ArgumentParser):
 
 
 # -- helpers --------------------------------------------------------------------------------------------------------
-def _build_method(name: str, budget: int | None, ratio: float | None, window: int, budget_flag: str = "--budget"
-                  ) -> Method:
+def _build_method(name: str, budget: int | None, ratio: float | None, window: int, budget_flag: str = "--budget",
+                  *, decode_budget: int | None = None, decode_interval: int | None = None,
+                  chunk_size: int | None = None) -> Method:
     """The method ``name``; bad settings -> ValueError whose fix names the command-line options."""
     if name == "full":
-        if budget is not None or ratio is not None:
-            raise ValueError("method 'full' does not compress: drop --budget / --compression-ratio")
+        if any(x is not None for x in (budget, ratio, decode_budget, decode_interval, chunk_size)):
+            raise ValueError("method 'full' does not compress: drop --budget / --compression-ratio / --decode-budget "
+                             "/ --decode-interval / --chunk-size")
         return method("full")  # no window: nothing is compressed
     if budget is None and ratio is None:
         raise ValueError(f"method {name!r} needs --budget N (tokens per KV head) or --compression-ratio R")
     try:
-        return method(name, budget=budget, compression_ratio=ratio, window=window)
+        return method(name, budget=budget, compression_ratio=ratio, window=window, decode_budget=decode_budget,
+                      decode_interval=decode_interval, chunk_size=chunk_size)
     except ValueError as error:  # the library names its keyword arguments; say which options to change
         text = str(error)
-        for keyword, flag in (("compression_ratio=", "--compression-ratio"), ("budget=", budget_flag),
+        for keyword, flag in (("decode_budget", "--decode-budget"), ("decode_interval", "--decode-interval"),
+                              ("chunk_size", "--chunk-size"),
+                              ("compression_ratio=", "--compression-ratio"), ("budget=", budget_flag),
                               ("use budget ", f"use {budget_flag} "), ("window=", "--window")):
             text = text.replace(keyword, flag)
         raise ValueError(text) from None
@@ -102,6 +107,9 @@ def report_line(result: GenerationResult) -> str:
         f"{result.resident_kv_bytes / MIB:.2f} MiB of {result.uncompressed_kv_bytes / MIB:.2f} MiB uncompressed "
         f"({_percent(result.resident_kv_bytes, result.uncompressed_kv_bytes)}) | prefill "
         f"{result.prefill_seconds:.2f} s | decode {decode_text} ({result.new_tokens} tokens)"
+    ) + (
+        f" | {result.decode_evictions} decode-time evictions, resident KV at the end "
+        f"{result.end_resident_kv_bytes / MIB:.2f} MiB" if result.decode_evictions else ""
     )
 
 
@@ -128,7 +136,9 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Answer a question about a context (or continue it) with one method; print the answer and a report."""
-    m = _build_method(args.method, args.budget, args.compression_ratio, args.window)
+    m = _build_method(args.method, args.budget, args.compression_ratio, args.window,
+                      decode_budget=args.decode_budget, decode_interval=args.decode_interval,
+                      chunk_size=args.chunk_size)
     context = _read_context(args.context_file) if args.context_file is not None else args.prompt
     if not context.strip():
         raise ValueError("--prompt is empty: give the text to answer from")
@@ -352,6 +362,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--question", help="question asked after the context")
     p.add_argument("--answer-prefix", default="", help="text the answer starts with")
     p.add_argument("--max-new-tokens", type=int, default=64, help="(default: %(default)s)")
+    p.add_argument("--decode-budget", type=int, default=None,
+                   help="bound the cache while generating: at most this many entries per KV head per layer on "
+                        "average, window included (decode-time eviction; must exceed --budget)")
+    p.add_argument("--decode-interval", type=int, default=None,
+                   help="generated tokens between decode-time evictions (default: min(32, decode budget - budget))")
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="prefill the prompt in chunks of this many tokens, compressing after each (bounded prefill "
+                        "memory; at least --window)")
     p.add_argument("--no-chat", action="store_true", help="do not use the tokenizer's chat template")
     _add_query_agnostic(p)
     p.set_defaults(run=cmd_generate)

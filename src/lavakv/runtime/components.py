@@ -35,6 +35,8 @@ class Components:
         decode_budget: while generating, at most this many entries per KV head per layer on average (window
             included); None: no decode-time eviction.
         decode_interval: tokens generated between decode-time evictions (each compresses to decode_budget minus it).
+        chunk_size: prefill the prompt in chunks of at most this many tokens, compressing every layer to its
+            budget after each chunk; None: one exact prefill.
     """
 
     name: str
@@ -46,6 +48,12 @@ class Components:
     window: int
     decode_budget: int | None = None
     decode_interval: int | None = None
+    chunk_size: int | None = None
+
+    @property
+    def tracks_queries(self) -> bool:
+        """Whether layers keep a ring of their recent queries (to compress after the prefill)."""
+        return self.decode_budget is not None or self.chunk_size is not None
 
     def row_budgets(self, real_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``real_tokens [batch]`` -> B per row ``[batch]`` (window included) and the rows that evict ``[batch]``."""

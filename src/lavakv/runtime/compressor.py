@@ -93,6 +93,8 @@ class Compressor:
         self.decode_seconds = 0.0
         self._held: tuple[list[float], int] | None = None  # entries per head per row, at this logical length
         self._overshoot_warned = False
+        self._chunk_pending = False
+        self.prefilling = True  # until the first single-token or extending forward call after the first chunk
         self._candidates: dict[int, _Candidates] = {}
         self._compacted_at: dict[int, torch.Tensor] = {}
         self._observed: list[int] = []
@@ -130,7 +132,7 @@ class Compressor:
             self.scaling[layer_idx] = inputs.scaling
             if self.record_window_queries:
                 self.window_queries[layer_idx] = inputs.window_queries_copy()
-            if self.components.decode_budget is not None:
+            if self.components.tracks_queries:
                 self.cache.layers[layer_idx].track_queries(inputs.window_queries(), self.window)
         if self.components is None or not bool(self.active.any()):
             return
@@ -220,6 +222,23 @@ class Compressor:
                 self._keep_held(layer_idx, self.components.scorer(inputs), budget, budget.new_ones((), dtype=bool),
                                 (self.budget - w).clamp_min(0))
 
+    # -- chunked prefill --------------------------------------------------------------------------------------------
+    def begin_forward(self, new_valid: torch.Tensor, *, extending: bool) -> None:
+        """Before a forward call on this (already filled) cache: ``new_valid [batch, new]`` marks the new tokens'
+        padding. A multi-token call of a chunked method, before decoding started, is the prompt's next chunk."""
+        new = new_valid.shape[1]
+        if extending or new == 1:
+            self.prefilling = False
+            return
+        if self.real_tokens is None or not self.prefilling or self.components is None or \
+                self.components.chunk_size is None:
+            raise RuntimeError("begin_forward: not a prompt chunk of a chunked-prefill cache")
+        self.valid = torch.cat([self.valid, new_valid.to(self.valid.device)], dim=1)
+        self.real_tokens = self.valid.sum(-1)
+        self.budget, self.active = self.components.row_budgets(self.real_tokens)
+        self._held = None
+        self._chunk_pending = True
+
     # -- decode-time eviction ---------------------------------------------------------------------------------------
     @property
     def _reserve(self) -> int:
@@ -248,7 +267,17 @@ class Compressor:
     def after_forward(self) -> None:
         """After every forward call: run decode-time eviction once the next token would pass ``decode_budget``."""
         c = self.components
-        if c is None or c.decode_budget is None or self.real_tokens is None or not self.layers:
+        if c is None or self.real_tokens is None or not self.layers:
+            return
+        if self._chunk_pending:  # chunked prefill: every layer back to its budget after each chunk
+            self._chunk_pending = False
+            start = time.perf_counter()
+            with torch.no_grad():
+                held = torch.tensor(self.held_per_head(), device=self.budget.device)
+                self._evict_all((self.budget - c.window).clamp_min(0), self.active & (held > self.budget))
+            self.seconds += time.perf_counter() - start
+            self.wall_seconds += time.perf_counter() - start
+        if c.decode_budget is None:
             return
         held = self.held_per_head()
         if max(held) + 1 <= c.decode_budget:
@@ -256,7 +285,8 @@ class Compressor:
         start = time.perf_counter()
         with torch.no_grad():
             # per row: a row evicts when IT reaches the bound, so each sequence of a padded batch evolves as alone
-            self._evict_for_decode(torch.tensor([h + 1 > c.decode_budget for h in held]))
+            self._evict_all(torch.full_like(self.real_tokens, c.decode_budget - c.decode_interval - c.window),
+                            torch.tensor([h + 1 > c.decode_budget for h in held]))
         self.decode_seconds += time.perf_counter() - start
         self.decode_evictions += 1
         after = max(self.held_per_head())
@@ -268,17 +298,19 @@ class Compressor:
                 c.name, after, c.decode_budget,
             )
 
-    def _evict_for_decode(self, active: torch.Tensor) -> None:
-        """Compress every layer to ``decode_budget - decode_interval`` per KV head on average (window included),
-        in the rows ``active [batch]`` (those at the bound); one global layer allocation from every layer's
-        statistic (METHODS.md's allocations, applied to what each layer holds now)."""
+    def _evict_all(self, mean: torch.Tensor, active: torch.Tensor) -> None:
+        """Compress every layer to ``mean [batch]`` + window entries per KV head on average, in the rows ``active
+        [batch]`` (decode: those at the bound; chunked prefill: those above their budget); one global layer
+        allocation from every layer's current statistic (the method's allocations, applied to what each layer
+        holds now)."""
         c = self.components
         w = c.window
         device = self.real_tokens.device
         active = active.to(device)
+        if not bool(active.any()):
+            return
         logical = self.cache.get_seq_length()
         tokens = self.real_tokens + (logical - self.valid.shape[-1])  # [b] real positions so far
-        mean = torch.full_like(self.real_tokens, c.decode_budget - c.decode_interval - w)  # [b] T - w
         total = mean * len(self.layers)
         scores: dict[int, torch.Tensor] = {}
         stats = []

@@ -190,7 +190,8 @@ class Session:
 
         Prefill attention is exact whatever the method, so every layer's K/V, queries and hence scores are the
         same for all methods: each layer is computed once and each cache compacts it with its own method. The
-        caches are identical to running each method alone.
+        caches are identical to running each method alone. A method with ``chunk_size`` (chunked prefill) must be
+        prefilled alone: its later chunks attend to what it compressed.
 
         Args:
             input_ids: ``[batch, tokens]``; attention_mask: ``[batch, tokens]`` (left padding) or None.
@@ -200,6 +201,14 @@ class Session:
         """
         if not methods:
             raise ValueError("prefill needs at least one method")
+        chunks = [c.chunk_size if c is not None else None for c in (m.resolve() for m in methods)]
+        if any(chunks):
+            if len(methods) > 1:
+                raise ValueError(
+                    "chunked prefill (chunk_size=) cannot share one prefill between methods: each chunk attends to "
+                    "the cache its method compressed. Call session.prefill once per method"
+                )
+            return self._prefill_chunked(input_ids, attention_mask, methods[0], chunks[0], record_window_queries)
         caches = [self.cache(m, record_window_queries=record_window_queries) for m in methods]
         self._followers[caches[0]] = caches[1:]
         try:
@@ -214,6 +223,21 @@ class Session:
                 for follower in caches[1:]:
                     follower.copy_layer_from(caches[0], i)
         return caches, logits
+
+    def _prefill_chunked(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, method: Resolvable,
+                         chunk: int, record_window_queries: bool) -> tuple[list[CompressedCache], torch.Tensor]:
+        """Prefill ``input_ids [batch, tokens]`` in chunks of ``chunk`` tokens into one cache of ``method``: the first
+        chunk is an exact prefill compressed as usual; every later chunk attends to the compressed cache plus
+        itself, then every layer is compressed back to its budget (``Compressor.after_forward``)."""
+        cache = self.cache(method, record_window_queries=record_window_queries)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        with torch.no_grad():
+            for start in range(0, input_ids.shape[1], chunk):
+                end = min(start + chunk, input_ids.shape[1])
+                logits = self.model(input_ids[:, start:end], attention_mask=attention_mask[:, :end],
+                                    **cache_kwargs(cache), logits_to_keep=1).logits[:, -1]
+        return [cache], logits
 
     @contextlib.contextmanager
     def extending(self, cache: CompressedCache) -> Iterator[None]:
@@ -329,15 +353,27 @@ class Session:
             raise ValueError("lavakv does not return attention weights (output_attentions=True); drop that option")
         new = tensor.shape[1] if tensor is not None and tensor.dim() >= 2 else 1
         held = cache.get_seq_length()
-        if held > 0 and new > 1 and cache not in self._extending:
+        components = compressor.components
+        chunk = components.chunk_size if components is not None else None
+        extending = cache in self._extending
+        mask = kwargs.get("attention_mask")
+        if held == 0 and chunk is not None and new > chunk:
+            raise ValueError(
+                f"this method prefills in chunks of at most chunk_size={chunk} tokens and got a {new}-token prompt in "
+                f"one call: use session.prefill(ids, mask, [method]) or lavakv.generate, or model.generate(..., "
+                f"prefill_chunk_size={chunk})"
+            )
+        if held > 0 and new > 1 and not extending and (chunk is None or not compressor.prefilling):
             raise RuntimeError(
                 f"this lavakv cache already holds {held} tokens and got {new} more in one call. A prompt must be "
-                "prefilled in a single call: chunked prefill (prefill_chunk_size) is not supported yet, and a cache "
-                "serves one prompt (make a new one with session.cache()). To feed a question through a compressed "
+                "prefilled in a single call unless the method has chunk_size= (chunked prefill), and a cache serves "
+                "one prompt (make a new one with session.cache()). To feed a question through a compressed "
                 "context, use session.extend(cache, ids)"
             )
-        mask = kwargs.get("attention_mask")
-        if held == 0 and isinstance(mask, torch.Tensor) and mask.dim() == 2 and compressor.components is not None:
+        if held > 0 and chunk is not None and new > chunk and not extending:
+            raise ValueError(f"a prompt chunk of {new} tokens is longer than the method's chunk_size={chunk}")
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2 and components is not None and (
+                held == 0 or (chunk is not None and new > 1 and not extending)):
             real = mask != 0
             # left padding only: once a row has a real token, every later one is real
             if bool((real.cummax(dim=-1).values & ~real).any()):
@@ -345,6 +381,12 @@ class Session:
                     "the attention mask has padding after real tokens (right padding): the observation window would "
                     "be padding. Pad on the left (tokenizer.padding_side = 'left')"
                 )
+        if held > 0 and compressor.real_tokens is not None:
+            if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[1] == held + new:
+                new_valid = mask[:, held:] != 0
+            else:
+                new_valid = torch.ones(tensor.shape[0] if tensor is not None else 1, new, dtype=torch.bool)
+            compressor.begin_forward(new_valid, extending=extending)
         return None
 
     def _after_attention(self, module, args, kwargs, output):

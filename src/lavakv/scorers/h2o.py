@@ -9,7 +9,7 @@ from lavakv.scorers.pooling import reduce_groups
 from lavakv.validity import any_head
 
 
-def h2o_scores(inputs: ScoringInputs, *, chunk_size: int = 256) -> torch.Tensor:
+def h2o_scores(inputs: ScoringInputs, *, query_block: int = 256) -> torch.Tensor:
     """H2O heavy hitters (Zhang et al., 2023), prefill-only variant: s[g, i] = mean_h sum_j A_h[j, i].
 
     The sum runs over ALL prompt queries j (causal, padding keys and padding queries excluded), the mean over
@@ -17,13 +17,13 @@ def h2o_scores(inputs: ScoringInputs, *, chunk_size: int = 256) -> torch.Tensor:
     heavy hitters is separate. When ``inputs.queries`` holds only the last queries (decode-time eviction gives the
     last ``window``), the sum runs over those.
 
-    Queries ``[b, q_heads, n, d]`` are processed ``chunk_size`` at a time against the keys they can see, so the
-    peak extra memory is O(b * q_heads * chunk_size * n) float32; the n x n attention is never materialised.
+    Queries ``[b, q_heads, n, d]`` are processed ``query_block`` at a time against the keys they can see, so the
+    peak extra memory is O(b * q_heads * query_block * n) float32; the n x n attention is never materialised.
 
     Returns float32 ``[batch, kv_heads, tokens]``: +inf on the window, -inf on padding.
     """
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be an integer >= 1 (queries per chunk), got {chunk_size!r}")
+    if isinstance(query_block, bool) or not isinstance(query_block, int) or query_block < 1:
+        raise ValueError(f"query_block must be an integer >= 1 (queries per block), got {query_block!r}")
     b, hq, q_len, d = inputs.queries.shape
     n = inputs.tokens
     first = n - q_len  # the queries are those of the last q_len columns (all of them during prefill)
@@ -33,8 +33,8 @@ def h2o_scores(inputs: ScoringInputs, *, chunk_size: int = 256) -> torch.Tensor:
     key_valid = inputs.key_valid(hq).to(device)  # [b, 1 or hq, n]
     query_valid = any_head(inputs.valid).to(device)  # [b, n]: real positions
     totals = torch.zeros(b, hq, n, dtype=torch.float32, device=device)
-    for start in range(first, n, chunk_size):
-        end = min(start + chunk_size, n)
+    for start in range(first, n, query_block):
+        end = min(start + query_block, n)
         c = end - start
         q = inputs.queries[:, :, start - first:end - first, :].float().reshape(b, h_kv, g * c, d)  # h -> KV h // G
         logits = torch.matmul(q, keys[:, :, :end, :].transpose(-1, -2)) * inputs.scaling  # [b, h_kv, g*c, end]

@@ -14,8 +14,8 @@ def streaming_scores(inputs: ScoringInputs, *, n_sink: int = 4) -> torch.Tensor:
     sinks (r < ``n_sink``) score ``n_sink - r`` >= 1 (earliest first), every other token scores minus its
     distance to the last prompt token, <= 0 (recency). Scores do not depend on the amount of left padding.
     Identical for every KV head that holds the same positions (during decoding, ranks count the entries each head
-    still holds, so the sinks kept stay sinks). Returns float32 ``[batch, kv_heads, tokens]``: +inf on the window, -inf on
-    padding.
+    still holds, so the sinks kept stay sinks). Returns float32 ``[batch, kv_heads, tokens]``: +inf on the window,
+    -inf on padding.
     """
     if n_sink < 0:
         raise ValueError(f"n_sink must be >= 0 (0 = recency only), got {n_sink}")
