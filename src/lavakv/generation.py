@@ -222,8 +222,14 @@ def generate(
     query_agnostic: bool = False,
     chat: bool = True,
     answer_prefix: str = "",
-) -> GenerationResult:
+    questions: list[str] | None = None,
+) -> GenerationResult | list[GenerationResult]:
     """Answer ``question`` about ``context`` greedily with ``method``'s compressed KV cache (batch of one).
+
+    With ``questions`` (a list) instead of ``question``: the context is compressed ONCE, alone (query-agnostic),
+    and each question is answered from a fork of that compressed context, exactly as if it were the only one;
+    returns one result per question (the context's prefill and compression time is in the first result's
+    ``prefill_seconds`` only).
 
     Args:
         model: a supported Hugging Face causal LM.
@@ -238,12 +244,75 @@ def generate(
 
     Raises:
         ValueError: empty context or question, ``max_new_tokens < 1``, query-agnostic without a question, or a
-            method name without a budget.
+            method name without a budget; ``questions`` empty, with an empty question, or given with ``question``.
     """
+    if questions is not None:
+        if question is not None:
+            raise ValueError("give question= (one) or questions= (a list answered from one compression), not both")
+        return answer_questions(model, tokenizer, context, questions, method=method, max_new_tokens=max_new_tokens,
+                                chat=chat, answer_prefix=answer_prefix)
     return generate_many(
         model, tokenizer, context, question=question, methods=[method], max_new_tokens=max_new_tokens,
         query_agnostic=query_agnostic, chat=chat, answer_prefix=answer_prefix,
     )[0]
+
+
+def answer_questions(
+    model,
+    tokenizer,
+    context: str,
+    questions: list[str],
+    *,
+    method: Method | str | None = None,
+    max_new_tokens: int = 64,
+    chat: bool = True,
+    answer_prefix: str = "",
+) -> list[GenerationResult]:
+    """Compress ``context`` once (``Session.compress_context``) and answer every question from a fork of it."""
+    if not isinstance(context, str) or not context.strip():
+        raise ValueError("context is empty: give the text to answer from (a non-empty string)")
+    if isinstance(questions, str) or not isinstance(questions, (list, tuple)) or not questions:
+        raise ValueError("questions must be a non-empty list of strings (use question= for a single one)")
+    for i, q in enumerate(questions):
+        if not isinstance(q, str) or not q.strip():
+            raise ValueError(f"question {i} is empty: every question must be a non-empty string")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+    m = resolve_method(method)
+    prompts = [prompt_ids(tokenizer, context, q, answer_prefix=answer_prefix, chat=chat) for q in questions]
+    context_ids = prompts[0].context
+    if any(p.context != context_ids for p in prompts):
+        raise ValueError("the context's tokens depend on the question under this chat template; pass chat=False")
+    device = next(model.parameters()).device
+    stops = stop_ids(model, tokenizer)
+    results = []
+    with torch.no_grad(), m.attach(model) as session:
+        start = time.perf_counter()
+        ctx = session.compress_context(torch.tensor([context_ids], device=device), tokenizer=tokenizer)
+        sync(device)
+        context_seconds = time.perf_counter() - start
+        for i, p in enumerate(prompts):
+            cache = ctx.fork()
+            start = time.perf_counter()
+            logits = session.extend(cache, torch.tensor([p.rest], device=device)).logits[:, -1].float()
+            sync(device)
+            prefill_seconds = time.perf_counter() - start + (context_seconds if i == 0 else 0.0)
+            stats = session.stats(cache)
+            start = time.perf_counter()
+            decoded = decode_from_cache(model, cache, logits, max_new_tokens=max_new_tokens, stops=stops)
+            sync(device)
+            decode_seconds = time.perf_counter() - start
+            end = session.stats(cache)
+            results.append(GenerationResult(
+                text=decode_text(tokenizer, decoded.tokens), prompt_tokens=len(context_ids) + len(p.rest),
+                compressed_tokens=len(context_ids), kept_entries=stats.kept_entries,
+                resident_kv_bytes=stats.resident_kv_bytes, uncompressed_kv_bytes=stats.uncompressed_kv_bytes,
+                prefill_seconds=prefill_seconds, decode_seconds=decode_seconds, new_tokens=len(decoded.tokens),
+                first_token_logits=logits[0].cpu(), decode_evictions=end.decode_evictions,
+                end_resident_kv_bytes=end.resident_kv_bytes,
+            ))
+            del cache
+    return results
 
 
 def generate_many(

@@ -256,6 +256,56 @@ class CompressedLayer(CacheLayerMixin):
             valid = torch.cat([valid, tail[:, None, :].expand(-1, valid.shape[1], -1)], dim=2)
         return keys, values, valid
 
+    # -- forks (one compressed context, many continuations) -------------------------------------------------------
+    def fork(self, owner) -> CompressedLayer:
+        """A layer holding the same entries for the cache ``owner``, sharing the stored K/V tensors.
+
+        Nothing is copied now: the ragged prefix is immutable, and dense parts are wrapped at their exact length,
+        so the first token appended to either layer reallocates that layer's dense part (copy on append) and the
+        other never sees it. The ring of recent queries is copied (it is written in place).
+        """
+        layer = copy.copy(self)
+        layer._owner = weakref.ref(owner)
+        if self.sliding is not None:
+            layer.sliding = copy.deepcopy(self.sliding)
+            layer.keys, layer.values = layer.sliding.keys, layer.sliding.values
+            return layer
+        layer.dense = DenseKV(self.dense.keys, self.dense.values) if self.dense is not None else None
+        layer.tail = DenseKV(self.tail.keys, self.tail.values) if self.tail is not None else None
+        layer.keys = layer.values = None
+        store = layer.tail if layer.prefix is not None else layer.dense
+        if store is not None:
+            layer._register(store.keys, store.values)  # new view objects: routing by identity stays per cache
+        if self._recent is not None:
+            layer._recent = self._recent.clone()
+        layer._observation, layer._pending = None, False
+        return layer
+
+    def restore(self, storage, *, kept: torch.Tensor | None, prompt_columns: int, compressed: bool,
+                logical_length: int, dense_prompt_entries: int, recent_queries: torch.Tensor | None,
+                window: int) -> None:
+        """Fill a fresh layer with saved entries (a loaded compressed context): ``storage`` is a ``DenseKV`` or a
+        ``(RaggedKV prefix, DenseKV tail or None)`` pair; the other arguments are the saved layer's state."""
+        if self.is_initialized:
+            raise RuntimeError("lavakv: only a fresh layer can be restored")
+        dense = storage if isinstance(storage, DenseKV) else None
+        prefix, tail = (None, None) if dense is not None else storage
+        sample = dense.keys if dense is not None else prefix.keys
+        batch, kv_heads = (dense.keys.shape[:2] if dense is not None else prefix.lengths.shape)
+        self.device, self.dtype = sample.device, sample.dtype
+        self.batch, self.kv_heads = int(batch), int(kv_heads)
+        self.entry_bytes = (sample.shape[-1] + (dense or prefix).values.shape[-1]) * sample.element_size()
+        self.is_initialized = True
+        self.dense, self.prefix, self.tail = dense, prefix, tail
+        self.kept_prompt, self.prompt_columns, self.compressed = kept, prompt_columns, compressed
+        self.logical_length, self.dense_prompt_entries = logical_length, dense_prompt_entries
+        store = tail if prefix is not None else dense
+        self.keys = self.values = None
+        if store is not None:
+            self._register(store.keys, store.values)
+        if recent_queries is not None:
+            self.track_queries(recent_queries, window)
+
     # -- recent queries (decode-time eviction scores with the last window of queries) ----------------------------
     def track_queries(self, queries: torch.Tensor, size: int) -> None:
         """Start keeping the last ``size`` queries this layer computes, from ``queries [batch, q_heads, q, head_dim]``
@@ -383,6 +433,16 @@ class CompressedCache(Cache):
         if isinstance(layer, CompressedLayer):
             layer._owner = weakref.ref(self)
         self.layers[index] = layer
+
+    def fork(self, owner) -> CompressedCache:
+        """A cache for ``owner`` (a session) holding the same entries, sharing their storage (see
+        :meth:`CompressedLayer.fork`); other layer kinds are deep-copied."""
+        other = copy.copy(self)
+        Cache.__init__(other, layers=[
+            layer.fork(other) if isinstance(layer, CompressedLayer) else copy.deepcopy(layer) for layer in self.layers
+        ])
+        other._owner = owner
+        return other
 
     def layers_fitting(self, tokens: int) -> list[int]:
         """Indices of the :class:`CompressedLayer` s for which a ``tokens``-long prompt is full attention."""

@@ -21,6 +21,7 @@ Nothing here sets attributes on the cache: storage changes go through ``Compress
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 import weakref
@@ -98,6 +99,18 @@ class Compressor:
         self._candidates: dict[int, _Candidates] = {}
         self._compacted_at: dict[int, torch.Tensor] = {}
         self._observed: list[int] = []
+
+    def fork(self, cache: CompressedCache) -> Compressor:
+        """This compressor's state for ``cache``, a fork of its own cache (:meth:`CompressedCache.fork`)."""
+        if self._candidates:
+            raise RuntimeError("a cache can be forked only after its prefill finished")
+        other = copy.copy(self)
+        other._cache = weakref.ref(cache)
+        for name in ("budgets", "statistics", "window_queries", "scaling", "_compacted_at"):
+            setattr(other, name, dict(getattr(self, name)))
+        other.layers = list(self.layers)
+        other._observed = list(self._observed)
+        return other
 
     @property
     def cache(self) -> CompressedCache:

@@ -16,6 +16,7 @@ One session per model at a time; a cache works only while its session is attache
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import weakref
@@ -30,6 +31,7 @@ from lavakv.compat import cache_from, cache_kwargs
 from lavakv.models.support import check_supported
 from lavakv.runtime.components import Components, Resolvable
 from lavakv.runtime.compressor import Compressor
+from lavakv.runtime.context import CompressedContext, load_context, model_fingerprint, tokenizer_fingerprint
 from lavakv.scorers.base import ScoringInputs
 
 logger = logging.getLogger(__name__)
@@ -238,6 +240,39 @@ class Session:
                 logits = self.model(input_ids[:, start:end], attention_mask=attention_mask[:, :end],
                                     **cache_kwargs(cache), logits_to_keep=1).logits[:, -1]
         return [cache], logits
+
+    # -- compressed contexts: compress once, continue many times ---------------------------------------------------
+    def fork(self, cache: CompressedCache) -> CompressedCache:
+        """A new cache holding what ``cache`` holds, sharing its stored K/V (copy on append), with its own compressor
+        state: continue each fork independently (e.g. one question each)."""
+        compressor = self.compressor(cache)
+        if compressor.real_tokens is None:
+            raise ValueError("this cache holds nothing yet: prefill it before forking")
+        other = cache.fork(self)
+        self._compressors[other] = compressor.fork(other)
+        return other
+
+    def compress_context(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                         tokenizer=None) -> CompressedContext:
+        """Prefill ``input_ids [batch, tokens]`` alone (no question yet) and compress it with the session's method
+        (``full``: kept whole).
+
+        Returns a :class:`~lavakv.runtime.context.CompressedContext`: fork it for each question (``ctx.fork()``, then
+        ``session.extend(fork, question_ids)`` and decode), save it with ``ctx.save(path)``. ``tokenizer`` (optional)
+        is fingerprinted so a saved context refuses another tokenizer.
+        """
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+            raise ValueError(f"compress_context needs input_ids [batch, tokens] with tokens >= 1, got "
+                             f"{tuple(input_ids.shape)}")
+        (cache,), _ = self.prefill(input_ids, attention_mask, [self.method])
+        tokens = int(self.compressor(cache).real_tokens.max())
+        return CompressedContext(self, cache, tokens, json.loads(json.dumps(self.method.describe())),
+                                 model_fingerprint(self.model), tokenizer_fingerprint(tokenizer))
+
+    def load_context(self, path, *, tokenizer=None) -> CompressedContext:
+        """A context saved by ``ctx.save(path)``, for this session's model and method (and ``tokenizer`` when
+        given); anything else is refused with the difference named."""
+        return load_context(self, path, tokenizer)
 
     @contextlib.contextmanager
     def extending(self, cache: CompressedCache) -> Iterator[None]:
