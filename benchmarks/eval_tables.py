@@ -34,6 +34,12 @@ def load(dirs: list[str]) -> list[dict]:
     return rows
 
 
+def label_order(label: str) -> tuple:
+    """Row order: full first, then labels alphabetically with an option list ending before a longer value
+    (``lava[alpha=0]`` before ``lava[alpha=0.1]``)."""
+    return label != "full", label.replace("]", "\x00").replace(",", "\x01")
+
+
 def pivot(rows: list[dict], metric: str) -> str:
     """Methods as rows, budgets as columns, one metric (full shown once)."""
     budgets = sorted({r["budget"] for r in rows if r.get("budget") is not None})
@@ -42,7 +48,7 @@ def pivot(rows: list[dict], metric: str) -> str:
         table[r["method"]][r.get("budget")] = r.get(metric)
     head = "| method | " + " | ".join(f"B={b}" for b in budgets) + " |"
     lines = [head, "|---" * (len(budgets) + 1) + "|"]
-    for method in sorted(table, key=lambda m: (m != "full", m)):
+    for method in sorted(table, key=label_order):
         cells = table[method]
         if method == "full":
             value = cells.get(None)
@@ -65,7 +71,7 @@ def task_matrix(rows: list[dict], budget: int) -> str:
             table[r["method"]][r["task"]] = r.get("score")
     columns = [t.removeprefix("ruler/") for t in tasks] + (["RULER mean"] if len(ruler) > 1 else [])
     lines = ["| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for method in sorted(table, key=lambda m: (m != "full", m)):
+    for method in sorted(table, key=label_order):
         cells = table[method]
         values = [cells.get(t) for t in tasks]
         if len(ruler) > 1:
@@ -79,7 +85,8 @@ def paired_tables(dirs: list[str], against: str, metrics: tuple[str, ...]) -> st
     """Per metric, a table of every run of ``against``'s preset (``lava[alpha=0.2]`` for ``lava[alpha=0]``) against
     that run at the same budget on the same samples (``lavakv report --against``'s pairing and bootstrap): the mean
     paired difference (method - reference) with its 95 % interval (3 significant digits), and the verdict (+ the
-    method leads, - it trails, ~ no difference resolved; lower is better for kl, ppl_ratio and attention_error)."""
+    method leads, - it trails, ~ no difference resolved; lower is better for kl, ppl_ratio and attention_error), and
+    the samples where the method is better / equal / worse (W/T/L)."""
     against = normalise_label(against)
     preset = against.partition("[")[0]
     runs = [run for run in map(load_run, find_runs(dirs)) if run["metrics"] is not None]
@@ -93,7 +100,7 @@ def paired_tables(dirs: list[str], against: str, metrics: tuple[str, ...]) -> st
             references = {r["config"]["method"].get("budget"): r for r in members
                           if method_label(r["config"]) == against}
             labels = sorted({method_label(r["config"]) for r in members
-                             if method_label(r["config"]).partition("[")[0] == preset} - {against})
+                             if method_label(r["config"]).partition("[")[0] == preset} - {against}, key=label_order)
             budgets = sorted(b for b in references if b is not None)
             if not labels or not budgets:
                 continue
@@ -111,10 +118,10 @@ def paired_tables(dirs: list[str], against: str, metrics: tuple[str, ...]) -> st
                 d = result.difference
                 pairs.add(d.n)
                 cells[label][budget] = (f"{d.mean:+.3g} [{d.low:+.3g}, {d.high:+.3g}] "
-                                        f"{mark.get(result.verdict, '~')}")
+                                        f"{mark.get(result.verdict, '~')} {result.wins}/{result.ties}/{result.losses}")
             task, model, mode = key[:3]
             out.append(f"**{metric}**: {model}, {task}, {mode}; paired against {against}, pairs per cell: "
-                       f"{sorted(pairs)}\n")
+                       f"{sorted(pairs)}; cell: mean difference [95 % CI] verdict W/T/L\n")
             out.append("| method | " + " | ".join(f"B={b}" for b in budgets) + " |")
             out.append("|---" * (len(budgets) + 1) + "|")
             for label in labels:

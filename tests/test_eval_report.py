@@ -465,6 +465,6 @@ def test_eval_tables_group_by_label(tmp_path, capsys, monkeypatch):
     assert "| lava[alpha=0.2] | 75.000 | 0.000 |" in printed
     assert "| full | 100.000 | 100.000 |" in printed
     paired = module.paired_tables([str(tmp_path)], "lava[ alpha=0.20 ]", ("exact",))
-    assert "**exact**: tiny, needle, query-aware; paired against lava[alpha=0.2], pairs per cell: [4]" in paired
-    assert "| lava | -50 [-50, -50] - | +50 [+50, +50] + |" in paired
+    assert "**exact**: tiny, needle, query-aware; paired against lava[alpha=0.2], pairs per cell: [4];" in paired
+    assert "| lava | -50 [-50, -50] - 0/0/4 | +50 [+50, +50] + 4/0/0 |" in paired
     assert "full" not in paired  # only the reference's preset

@@ -1,30 +1,42 @@
 #!/usr/bin/env bash
 # Print the tables of the alpha sweep for benchmarks/RESULTS-eval.md, from the run directories (nothing typed in):
 #   bash benchmarks/results/eval/alpha_sweep/render.sh > tables.md      (from the repository root)
+# Per model: the mean tables of the runs with the most samples (benchmarks/eval_tables.py), then the paired
+# differences against lava[alpha=0], ada-snapkv[alpha=0] and lava[alpha=0.2] (eval_tables.py --against) over every
+# finished run, each cell over the samples both runs have (pairs per cell says how many).
 set -eu
 here=${1:-benchmarks/results/eval/alpha_sweep}
 python=${PYTHON:-.venv/bin/python}
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
 for dir in "$here"/*/; do
     [ -n "$(ls "$dir"*/metrics.json 2>/dev/null)" ] || continue
     name=$(basename "$dir")
     echo "#### $name"
     echo
-    "$python" - "$dir" <<'PY'
+    mkdir "$scratch/$name"
+    "$python" - "$dir" "$scratch/$name" <<'PY'
 import json, sys
 from pathlib import Path
 from lavakv.eval.report import method_label
 runs = [p for p in sorted(Path(sys.argv[1]).iterdir()) if (p / "config.json").exists()]
-finished = [p for p in runs if (p / "metrics.json").exists()]
-samples = sorted({json.loads((p / "metrics.json").read_text())["samples"] for p in finished})
+finished = {p: json.loads((p / "metrics.json").read_text())["samples"] for p in runs if (p / "metrics.json").exists()}
+most = max(finished.values())
+short = sorted({f"{method_label(json.loads((p / 'config.json').read_text()))} ({n})" for p, n in finished.items()
+                if n < most})
 unfinished = sorted({method_label(json.loads((p / "config.json").read_text())) for p in runs if p not in finished})
 wall = max(json.loads((p / "provenance.json").read_text()).get("wall_seconds", 0.0) for p in runs)
 commits = sorted({json.loads((p / "provenance.json").read_text())["git"]["commit"][:7] for p in runs})
-print(f"{len(finished)} finished runs, samples per finished run: {samples}; model time of the shared sessions "
-      f"(provenance wall_seconds, the longest run): {wall / 60:.1f} min; commit {', '.join(commits)}"
-      + (f"; unfinished (not in the tables): {', '.join(unfinished)}" if unfinished else "") + "\n")
+for p, n in finished.items():
+    if n == most:
+        (Path(sys.argv[2]) / p.name).symlink_to(p.resolve())
+print(f"{len(finished)} finished runs, {most} samples each" + (f" except {', '.join(short)}" if short else "")
+      + f"; model time of the shared sessions (provenance wall_seconds, the longest run): {wall / 60:.1f} min; "
+      f"code at commit {', '.join(commits)}"
+      + (f"; unfinished (not shown): {', '.join(unfinished)}" if unfinished else "") + ".\n")
 PY
-    "$python" benchmarks/eval_tables.py "$dir"
-    for reference in 'lava[alpha=0]' 'ada-snapkv[alpha=0]'; do
+    "$python" benchmarks/eval_tables.py "$scratch/$name"
+    for reference in 'lava[alpha=0]' 'ada-snapkv[alpha=0]' 'lava[alpha=0.2]'; do
         "$python" benchmarks/eval_tables.py --against "$reference" "$dir"
     done
 done
