@@ -25,6 +25,9 @@ TABLE: dict[str, tuple[str | None, str | None, str | None]] = {
     "lava-uniform-layer": ("lava", "uniform", "adaptive"),
     "lava-uniform-head": ("lava", "lava", "uniform"),
     "lava-pyramid": ("lava", "pyramid", "adaptive"),
+    # issue #14: the query-agnostic expected-attention scorer, alone and under LAVa's allocations
+    "expected-attention": ("expected-attention", "uniform", "uniform"),
+    "lava-ea": ("expected-attention", "lava", "adaptive"),
 }
 # METHODS.md defaults for the hyper-parameters the spec names.
 DEFAULTS = {

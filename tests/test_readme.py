@@ -54,7 +54,8 @@ def test_readme_has_python_examples():
     assert python_blocks(README.read_text(encoding="utf-8")), "README.md has no ```python block"
 
 
-def test_readme_python_blocks_run(tiny_loader):
+def test_readme_python_blocks_run(tiny_loader, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the examples write files (a saved context) into the working directory
     text = README.read_text(encoding="utf-8")
     namespace: dict = {"__name__": "__readme__"}
     for line, code in python_blocks(text):

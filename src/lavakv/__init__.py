@@ -6,12 +6,14 @@ from lavakv.generation import GenerationResult, generate
 from lavakv.methods import Method, describe, list_methods, method
 from lavakv.models import load_model
 from lavakv.runtime import Session, SessionStats
+from lavakv.runtime.context import CompressedContext
 from lavakv.runtime.session import attach
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CompressedCache",
+    "CompressedContext",
     "GenerationResult",
     "Method",
     "Session",

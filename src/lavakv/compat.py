@@ -96,3 +96,30 @@ def gguf_dequantize_kwargs() -> dict[str, Any]:
     except ImportError:
         return {}
     return {"quantization_config": GgufConfig(dequantize=True)}
+
+
+def rope_frequencies(model: Any) -> dict[int, Any]:
+    """Layer index -> the RoPE inverse frequencies ``[rotary_dim / 2]`` that layer's queries and keys were rotated
+    with; empty when the model has no rotary embedding lavakv recognises.
+
+    One ``rotary_emb`` with ``inv_freq`` serves every layer (Llama, Mistral, Qwen2, Qwen3). Gemma 3 keeps one
+    per layer type: ``<layer_type>_inv_freq`` on one module (transformers >= 5.x), or a second module
+    ``rotary_emb_local`` for its sliding layers (older releases).
+    """
+    text_config = model.config.get_text_config(decoder=True)
+    layers = int(text_config.num_hidden_layers)
+    types = list(getattr(text_config, "layer_types", None) or ["full_attention"] * layers)
+    modules = dict(model.named_modules())
+    main = next((m for name, m in modules.items() if name.endswith("rotary_emb")), None)
+    local = next((m for name, m in modules.items() if name.endswith("rotary_emb_local")), None)
+    out: dict[int, Any] = {}
+    for index, layer_type in enumerate(types[:layers]):
+        source = local if (layer_type == "sliding_attention" and local is not None) else main
+        if source is None:
+            continue
+        freq = getattr(source, f"{layer_type}_inv_freq", None)
+        if freq is None:
+            freq = getattr(source, "inv_freq", None)
+        if freq is not None:
+            out[index] = freq.detach().float()
+    return out

@@ -33,6 +33,8 @@ PRESETS: dict[str, tuple[str, str, str] | None] = {
     "lava-uniform-layer": ("lava", "uniform", "adaptive"),
     "lava-uniform-head": ("lava", "lava", "uniform"),
     "lava-pyramid": ("lava", "pyramid", "adaptive"),
+    "expected-attention": ("expected-attention", "uniform", "uniform"),
+    "lava-ea": ("expected-attention", "lava", "adaptive"),
 }
 
 

@@ -74,9 +74,10 @@ class Compressor:
         decode_evictions: how many decode-time evictions ran; ``decode_seconds``: their wall time.
     """
 
-    def __init__(self, components: Components | None, cache: CompressedCache, *, record_window_queries: bool = False
-                 ) -> None:
+    def __init__(self, components: Components | None, cache: CompressedCache, *, record_window_queries: bool = False,
+                 rope: dict[int, torch.Tensor] | None = None) -> None:
         self.components = components
+        self.rope = rope or {}
         self.record_window_queries = record_window_queries
         self._cache = weakref.ref(cache)
         self.valid: torch.Tensor | None = None
@@ -348,7 +349,8 @@ class Compressor:
     def _held_inputs(self, layer_idx: int, queries: torch.Tensor) -> ScoringInputs:
         """Scoring inputs over everything layer ``layer_idx`` holds (:meth:`CompressedLayer.held_entries`)."""
         keys, values, valid = self.cache.layers[layer_idx].held_entries(self.valid)
-        return ScoringInputs(queries, keys, values, valid, self.scaling[layer_idx], self.window)
+        return ScoringInputs(queries, keys, values, valid, self.scaling[layer_idx], self.window,
+                             self.rope.get(layer_idx))
 
     def _keep_held(self, layer_idx: int, scores: torch.Tensor, budget: torch.Tensor, active: torch.Tensor,
                    configured: torch.Tensor) -> None:

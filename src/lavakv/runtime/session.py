@@ -27,7 +27,7 @@ import torch
 
 from lavakv.attention.dispatch import ATTENTION_NAME, register
 from lavakv.cache.compressed import CompressedCache, CompressedLayer
-from lavakv.compat import cache_from, cache_kwargs
+from lavakv.compat import cache_from, cache_kwargs, rope_frequencies
 from lavakv.models.support import check_supported
 from lavakv.runtime.components import Components, Resolvable
 from lavakv.runtime.compressor import Compressor
@@ -108,6 +108,7 @@ class Session:
         self.method = method
         self.model = model
         self._components = method.resolve()
+        self._rope = rope_frequencies(model)  # layer -> RoPE inverse frequencies, for scorers that need them
         self._live = False
         self._previous_impl: str | None = None
         self._hooks: list = []
@@ -173,7 +174,8 @@ class Session:
             raise RuntimeError("session.cache() must be called inside `with method.attach(model) as session:`")
         components = self._components if method is None else method.resolve()
         cache = CompressedCache(self.model.config, self)
-        self._compressors[cache] = Compressor(components, cache, record_window_queries=record_window_queries)
+        self._compressors[cache] = Compressor(components, cache, record_window_queries=record_window_queries,
+                                              rope=self._rope)
         self._last = cache
         return cache
 
@@ -445,7 +447,8 @@ class Session:
             compressor = self._compressors[target]
             w = compressor.window
             inputs = shared.setdefault(
-                w, ScoringInputs(observation.queries, keys, values, observation.valid, observation.scaling, w)
+                w, ScoringInputs(observation.queries, keys, values, observation.valid, observation.scaling, w,
+                                 self._rope.get(layer_idx))
             )
             compressor.prefill_layer(layer_idx, inputs)
         return None

@@ -17,6 +17,7 @@ import torch
 
 from lavakv.scorers.base import ScoringInputs
 from lavakv.scorers.cake import cake_scores
+from lavakv.scorers.expected_attention import expected_attention_scores
 from lavakv.scorers.h2o import h2o_scores
 from lavakv.scorers.knorm import knorm_scores
 from lavakv.scorers.lava import lava_scores
@@ -34,11 +35,12 @@ SCORERS: dict[str, Callable[..., torch.Tensor]] = {
     "knorm": knorm_scores,
     "random": random_scores,
     "cake": cake_scores,
+    "expected-attention": expected_attention_scores,
 }
 
 #: scorers whose scores are attention mass (non-negative, comparable across layers): the only ones whose score
 #: distribution means something to LAVa's entropy layer allocation
-ATTENTION_MASS_SCORERS = frozenset({"snapkv", "lava", "h2o", "tova", "cake"})
+ATTENTION_MASS_SCORERS = frozenset({"snapkv", "lava", "h2o", "tova", "cake", "expected-attention"})
 
 _TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool}
 
@@ -98,7 +100,7 @@ def _probe() -> ScoringInputs:
     q = torch.randn(1, 2, 12, 4, generator=generator)
     k = torch.randn(1, 1, 12, 4, generator=generator)
     v = torch.randn(1, 1, 12, 4, generator=generator)
-    return ScoringInputs(q, k, v, torch.ones(1, 12, dtype=torch.bool), 0.5, 2)
+    return ScoringInputs(q, k, v, torch.ones(1, 12, dtype=torch.bool), 0.5, 2, torch.tensor([1.0, 0.01]))
 
 
 __all__ = [
@@ -107,6 +109,7 @@ __all__ = [
     "Scorer",
     "ScoringInputs",
     "cake_scores",
+    "expected_attention_scores",
     "get_scorer",
     "h2o_scores",
     "knorm_scores",

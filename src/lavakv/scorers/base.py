@@ -24,6 +24,8 @@ class ScoringInputs:
             entries right-aligned, see :mod:`lavakv.validity`).
         scaling: the softmax scale the layer uses (usually ``head_dim ** -0.5``).
         window: the observation window w: the last ``window`` prompt positions, always kept.
+        rope_inv_freq: the layer's RoPE inverse frequencies ``[rotary_dim / 2]`` (rotate-half layout), or None when
+            unknown; scorers that predict future queries (expected attention) need them.
 
     The runtime only builds these for prompts longer than the window (``tokens > window``). ``queries`` may hold
     only the last queries (at least the window's): they are the queries of the last ``queries.shape[2]`` columns.
@@ -35,6 +37,7 @@ class ScoringInputs:
     valid: torch.Tensor
     scaling: float
     window: int
+    rope_inv_freq: torch.Tensor | None = None
     _window_attention: torch.Tensor | None = field(default=None, repr=False)
     _window_copy: torch.Tensor | None = field(default=None, repr=False)
     #: seconds spent computing the window attention, and how many times it was asked for (cost attribution)
