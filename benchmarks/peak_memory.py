@@ -7,7 +7,11 @@ above the loaded model: activations + whatever K/V the cache holds at the worst 
 peak: the whole K/V for ``full``; for a compressed cache at most the current layer's full K/V (freed once the
 layer is compacted) plus the compressed layers and the scoring scratch.
 
+A config ``NAME/cC`` prefills with chunked prefill (``chunk_size=C``, through ``session.prefill``), so the cache
+holds about B + C entries per head while prefilling instead of the whole prompt.
+
     python benchmarks/peak_memory.py --runs 8192:nocache,full,lava,ada-snapkv 16384:full,lava
+    python benchmarks/peak_memory.py --runs 8192:lava,lava/c512,lava/c2048 --out benchmarks/results/peak_chunked.json
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -40,23 +45,30 @@ def child(args) -> None:
     model, tokenizer = load_model(args.model)
     ids = prompt_ids(tokenizer, args.tokens)
     name = args.child
+    preset, _, chunk = name.partition("/c")
     method = None if name == "nocache" else (
-        lavakv.method("full") if name == "full" else lavakv.method(name, budget=args.budget, window=args.window))
+        lavakv.method("full") if name == "full" else lavakv.method(
+            preset, budget=args.budget, window=args.window, chunk_size=int(chunk) if chunk else None))
     with torch.no_grad():
         model(ids[:, :64], use_cache=False, logits_to_keep=1)  # warm-up: pages in the mmapped weights
     gc.collect()
     before = rss_bytes()
     reset_peak()
     resident = kept = 0
+    started = time.perf_counter()
     with torch.no_grad():
         if method is None:
             model(ids, use_cache=False, logits_to_keep=1)
         else:
             with method.attach(model) as session:
-                cache = session.cache()
-                model(ids, **cache_kwargs(cache), logits_to_keep=1)
+                if method.chunk_size:
+                    (cache,), _ = session.prefill(ids, None, [method])
+                else:
+                    cache = session.cache()
+                    model(ids, **cache_kwargs(cache), logits_to_keep=1)
                 st = session.stats(cache)
                 resident, kept = st.resident_kv_bytes, st.kept_entries
+    seconds = time.perf_counter() - started
     peak = peak_bytes()
     cfg = model.config
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -68,7 +80,8 @@ def child(args) -> None:
         "tokens": args.tokens, "label": name, "budget": None if method is None or not method.compresses
         else args.budget, "rss_before_bytes": before, "peak_bytes": peak, "peak_over_before_bytes": peak - before,
         "resident_kv_bytes": resident, "kept_entries": kept, "one_layer_full_kv_bytes": layer_kv,
-        "scoring_scratch_bytes": scratch,
+        "scoring_scratch_bytes": scratch, "chunk_size": method.chunk_size if method is not None else None,
+        "prefill_seconds": seconds,
         "prompt_sha256_16": ids_digest(ids),
     }))
 

@@ -40,6 +40,7 @@ DEFAULTS = {
     "pyramid": {"beta": 20.0, "schedule": "reference"},
     "cake-layers": {"tau1_inv": 0.5, "tau2_inv": 0.5, "preference": "reference", "rounding": "reference"},
     "adaptive": {"alpha": 0.0, "floor": "exact"},
+    "expected-attention": {"horizon": 512, "values": True},
 }
 COMPRESSING = [name for name in TABLE if name != "full"]
 CASCADES = {"lava", "cake"}  # layer allocations that split T = L (B - w) in proportion to a statistic
@@ -130,7 +131,7 @@ def test_describe_matches_the_methods_table(name):
         return
     params = info["params"]
     expected = dict(DEFAULTS.get(scorer, {}))
-    expected.update(DEFAULTS["cake-layers"] if layers == "cake" else DEFAULTS.get(layers, {}))
+    expected.update({"cake": DEFAULTS["cake-layers"], "pyramid": DEFAULTS["pyramid"]}.get(layers, {}))
     if heads == "adaptive":
         expected.update(DEFAULTS["adaptive"])
     for key, value in expected.items():
