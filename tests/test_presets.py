@@ -28,6 +28,8 @@ TABLE: dict[str, tuple[str | None, str | None, str | None]] = {
     # issue #14: the query-agnostic expected-attention scorer, alone and under LAVa's allocations
     "expected-attention": ("expected-attention", "uniform", "uniform"),
     "lava-ea": ("expected-attention", "lava", "adaptive"),
+    "kvzip": ("kvzip", "uniform", "uniform"),
+    "lava-kvzip": ("kvzip", "lava", "adaptive"),
 }
 # METHODS.md defaults for the hyper-parameters the spec names.
 DEFAULTS = {
@@ -41,8 +43,10 @@ DEFAULTS = {
     "cake-layers": {"tau1_inv": 0.5, "tau2_inv": 0.5, "preference": "reference", "rounding": "reference"},
     "adaptive": {"alpha": 0.0, "floor": "exact"},
     "expected-attention": {"horizon": 512, "values": True},
+    "kvzip": {"query_block": 256},
 }
-COMPRESSING = [name for name in TABLE if name != "full"]
+# kvzip presets compress only a context, after a reconstruction pass (tests/test_kvzip.py): not a bare prefill
+COMPRESSING = [name for name in TABLE if name not in ("full", "kvzip", "lava-kvzip")]
 CASCADES = {"lava", "cake"}  # layer allocations that split T = L (B - w) in proportion to a statistic
 
 LAYERS, KV_HEADS, HEAD_DIM, WINDOW, LENGTH = 3, 2, 16, 8, 100

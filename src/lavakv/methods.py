@@ -12,7 +12,7 @@ from lavakv.allocation import HEAD_ALLOCATIONS, LAYER_ALLOCATIONS
 from lavakv.budget import validate_budget, validate_chunk_size, validate_decode_budget
 from lavakv.runtime.components import Components
 from lavakv.runtime.session import Session
-from lavakv.scorers import SCORERS, Scorer, scorer_defaults
+from lavakv.scorers import RECONSTRUCTION_SCORERS, SCORERS, Scorer, scorer_defaults
 
 DEFAULT_WINDOW = 32
 
@@ -35,6 +35,8 @@ PRESETS: dict[str, tuple[str, str, str] | None] = {
     "lava-pyramid": ("lava", "pyramid", "adaptive"),
     "expected-attention": ("expected-attention", "uniform", "uniform"),
     "lava-ea": ("expected-attention", "lava", "adaptive"),
+    "kvzip": ("kvzip", "uniform", "uniform"),
+    "lava-kvzip": ("kvzip", "lava", "adaptive"),
 }
 
 
@@ -94,6 +96,12 @@ class Method:
                 f"layer allocation {self.layers!r} budgets layers by the entropy of their scores, which is meaningless "
                 f"for scorer {self.scorer!r}; use an attention scorer (lava, snapkv, cake, h2o, tova) or "
                 f"layers='uniform'/'pyramid'"
+            )
+        if self.scorer in RECONSTRUCTION_SCORERS and (self.decode_budget or self.chunk_size or layers.cascade and
+                                                       getattr(layers, "reads", None) != "scores"):
+            raise ValueError(
+                f"scorer {self.scorer!r} scores from a reconstruction pass over a whole context: it cannot be combined "
+                "with decode_budget, chunk_size or a layer allocation that reads window attention (cake)"
             )
         return Components(self.name, scorer, layers, heads, self.budget, self.compression_ratio, self.window,
                           self.decode_budget, self.decode_interval, self.chunk_size)

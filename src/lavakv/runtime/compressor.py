@@ -96,6 +96,7 @@ class Compressor:
         self._held: tuple[list[float], int] | None = None  # entries per head per row, at this logical length
         self._overshoot_warned = False
         self._chunk_pending = False
+        self.deferred = False  # prefill without compressing (a reconstruction pass scores afterwards)
         self.prefilling = True  # until the first single-token or extending forward call after the first chunk
         self._candidates: dict[int, _Candidates] = {}
         self._compacted_at: dict[int, torch.Tensor] = {}
@@ -148,7 +149,7 @@ class Compressor:
                 self.window_queries[layer_idx] = inputs.window_queries_copy()
             if self.components.tracks_queries:
                 self.cache.layers[layer_idx].track_queries(inputs.window_queries(), self.window)
-        if self.components is None or not bool(self.active.any()):
+        if self.components is None or self.deferred or not bool(self.active.any()):
             return
         reads, spent = inputs.window_reads, inputs.window_seconds
         start = time.perf_counter()
@@ -236,6 +237,16 @@ class Compressor:
                 self._keep_held(layer_idx, self.components.scorer(inputs), budget, budget.new_ones((), dtype=bool),
                                 (self.budget - w).clamp_min(0))
 
+    def compress_from_reconstruction(self, queries: dict[int, torch.Tensor]) -> None:
+        """Compress every layer to its budget, scoring with ``queries[l]`` ``[batch, q_heads, r, head_dim]``: the
+        queries of a reconstruction pass that came after the whole (deferred, uncompressed) prompt."""
+        self.deferred = False
+        start = time.perf_counter()
+        with torch.no_grad():
+            self._evict_all((self.budget - self.window).clamp_min(0), self.active, queries)
+        self.seconds += time.perf_counter() - start
+        self.wall_seconds += time.perf_counter() - start
+
     # -- chunked prefill --------------------------------------------------------------------------------------------
     def begin_forward(self, new_valid: torch.Tensor, *, extending: bool) -> None:
         """Before a forward call on this (already filled) cache: ``new_valid [batch, new]`` marks the new tokens'
@@ -312,11 +323,12 @@ class Compressor:
                 c.name, after, c.decode_budget,
             )
 
-    def _evict_all(self, mean: torch.Tensor, active: torch.Tensor) -> None:
+    def _evict_all(self, mean: torch.Tensor, active: torch.Tensor,
+                   queries: dict[int, torch.Tensor] | None = None) -> None:
         """Compress every layer to ``mean [batch]`` + window entries per KV head on average, in the rows ``active
         [batch]`` (decode: those at the bound; chunked prefill: those above their budget); one global layer
         allocation from every layer's current statistic (the method's allocations, applied to what each layer
-        holds now)."""
+        holds now). ``queries`` replaces the layers' rings of recent queries (a reconstruction pass)."""
         c = self.components
         w = c.window
         device = self.real_tokens.device
@@ -329,7 +341,8 @@ class Compressor:
         scores: dict[int, torch.Tensor] = {}
         stats = []
         for layer_idx in self.layers:
-            inputs = self._held_inputs(layer_idx, self.cache.layers[layer_idx].recent_queries())
+            recent = queries[layer_idx] if queries is not None else self.cache.layers[layer_idx].recent_queries()
+            inputs = self._held_inputs(layer_idx, recent)
             scores[layer_idx] = c.scorer(inputs)
             if c.layers.cascade:
                 valid_prefix = inputs.valid & ~inputs.window_mask()

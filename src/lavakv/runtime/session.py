@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 # model -> its attached session (weak: never keeps a model alive); one session per model at a time
 _ATTACHED: weakref.WeakKeyDictionary[torch.nn.Module, Session] = weakref.WeakKeyDictionary()
 _ATTACH_LOCK = threading.Lock()
+#: the reconstruction pass of KVzip-style scorers: this prompt, then the context again
+RECONSTRUCTION_PROMPT = "\n\nRepeat the previous context exactly.\n\n"
 
 
 @dataclass
@@ -266,10 +268,42 @@ class Session:
         if input_ids.dim() != 2 or input_ids.shape[1] == 0:
             raise ValueError(f"compress_context needs input_ids [batch, tokens] with tokens >= 1, got "
                              f"{tuple(input_ids.shape)}")
-        (cache,), _ = self.prefill(input_ids, attention_mask, [self.method])
+        if self._components is not None and self._components.scorer.reconstruction:
+            cache = self._compress_by_reconstruction(input_ids, attention_mask, tokenizer)
+        else:
+            (cache,), _ = self.prefill(input_ids, attention_mask, [self.method])
         tokens = int(self.compressor(cache).real_tokens.max())
         return CompressedContext(self, cache, tokens, json.loads(json.dumps(self.method.describe())),
                                  model_fingerprint(self.model), tokenizer_fingerprint(tokenizer))
+
+    def _compress_by_reconstruction(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, tokenizer
+                                    ) -> CompressedCache:
+        """KVzip-style compression: prefill the context uncompressed, run a reconstruction pass (a prompt asking to
+        repeat the context, then the context) on a fork, and score the context's entries with that pass's queries."""
+        if tokenizer is None:
+            raise ValueError(f"scorer {self._components.scorer.name!r} needs the tokenizer for its reconstruction "
+                             "prompt: session.compress_context(ids, tokenizer=tokenizer)")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        cache = self.cache()
+        compressor = self.compressor(cache)
+        compressor.deferred = True
+        with torch.no_grad():
+            self.model(input_ids, attention_mask=attention_mask, **cache_kwargs(cache), logits_to_keep=1)
+        ask = tokenizer(RECONSTRUCTION_PROMPT, add_special_tokens=False)["input_ids"]
+        ask = torch.tensor([ask], dtype=input_ids.dtype, device=input_ids.device).expand(input_ids.shape[0], -1)
+        replay = torch.cat([ask, input_ids], dim=1)
+        fork = self.fork(cache)
+        heads = self.model.config.get_text_config(decoder=True).num_attention_heads
+        for layer_idx in compressor.layers:
+            layer = fork.layers[layer_idx]
+            layer.track_queries(layer.dense.keys.new_empty(layer.batch, heads, 0, layer.dense.keys.shape[-1]),
+                                replay.shape[1])
+        self.extend(fork, replay, torch.cat([attention_mask, torch.ones_like(ask), attention_mask], dim=1))
+        queries = {i: fork.layers[i].recent_queries() for i in compressor.layers}
+        del fork
+        compressor.compress_from_reconstruction(queries)
+        return cache
 
     def load_context(self, path, *, tokenizer=None) -> CompressedContext:
         """A context saved by ``ctx.save(path)``, for this session's model and method (and ``tokenizer`` when
@@ -394,6 +428,12 @@ class Session:
         chunk = components.chunk_size if components is not None else None
         extending = cache in self._extending
         mask = kwargs.get("attention_mask")
+        if held == 0 and components is not None and components.scorer.reconstruction and not compressor.deferred:
+            raise ValueError(
+                f"scorer {components.scorer.name!r} scores a context from a reconstruction pass: compress the context "
+                "with session.compress_context(ids, tokenizer=...) or lavakv.generate(..., questions=[...]), then "
+                "ask questions from its forks"
+            )
         if held == 0 and chunk is not None and new > chunk:
             raise ValueError(
                 f"this method prefills in chunks of at most chunk_size={chunk} tokens and got a {new}-token prompt in "

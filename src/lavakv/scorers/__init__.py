@@ -20,6 +20,7 @@ from lavakv.scorers.cake import cake_scores
 from lavakv.scorers.expected_attention import expected_attention_scores
 from lavakv.scorers.h2o import h2o_scores
 from lavakv.scorers.knorm import knorm_scores
+from lavakv.scorers.kvzip import kvzip_scores
 from lavakv.scorers.lava import lava_scores
 from lavakv.scorers.random import random_scores
 from lavakv.scorers.snapkv import snapkv_scores
@@ -36,11 +37,15 @@ SCORERS: dict[str, Callable[..., torch.Tensor]] = {
     "random": random_scores,
     "cake": cake_scores,
     "expected-attention": expected_attention_scores,
+    "kvzip": kvzip_scores,
 }
+
+#: scorers that score from a reconstruction pass over the context (run by Session.compress_context only)
+RECONSTRUCTION_SCORERS = frozenset({"kvzip"})
 
 #: scorers whose scores are attention mass (non-negative, comparable across layers): the only ones whose score
 #: distribution means something to LAVa's entropy layer allocation
-ATTENTION_MASS_SCORERS = frozenset({"snapkv", "lava", "h2o", "tova", "cake", "expected-attention"})
+ATTENTION_MASS_SCORERS = frozenset({"snapkv", "lava", "h2o", "tova", "cake", "expected-attention", "kvzip"})
 
 _TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool}
 
@@ -85,6 +90,11 @@ class Scorer:
         fn(_probe(), **self.params)  # the scorer's own checks (ValueError naming the fix) run now
 
     @property
+    def reconstruction(self) -> bool:
+        """Whether this scorer needs a reconstruction pass (see :data:`RECONSTRUCTION_SCORERS`)."""
+        return self.name in RECONSTRUCTION_SCORERS
+
+    @property
     def attention_mass(self) -> bool:
         """Whether scores are attention mass (see :data:`ATTENTION_MASS_SCORERS`)."""
         return self.name in ATTENTION_MASS_SCORERS
@@ -105,6 +115,7 @@ def _probe() -> ScoringInputs:
 
 __all__ = [
     "ATTENTION_MASS_SCORERS",
+    "RECONSTRUCTION_SCORERS",
     "SCORERS",
     "Scorer",
     "ScoringInputs",
@@ -113,6 +124,7 @@ __all__ = [
     "get_scorer",
     "h2o_scores",
     "knorm_scores",
+    "kvzip_scores",
     "lava_scores",
     "random_scores",
     "scorer_defaults",
