@@ -410,8 +410,9 @@ def render_memory(res: dict) -> list[str]:
             cells.append("—" if point is None else
                          f"{point['resident_kv_bytes'] / MIB:.2f} (+{point['slack_kv_bytes'] / MIB:.2f})")
         bound = f"{v['bound_bytes'] / MIB:.2f}" if v["bound_bytes"] else "—"
-        peak = v["max_held_per_head"] * res["layers"] * res["kv_heads"] * res["entry_bytes"] / MIB
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {peak:.2f} | {bound} |")
+        held = v["max_held_per_head"]
+        peak = "—" if held is None else f"{held * res['layers'] * res['kv_heads'] * res['entry_bytes'] / MIB:.2f}"
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {peak} | {bound} |")
     lines += ["", "The trace is recorded every 32 generated tokens, which with B = D - interval falls right after an "
               "eviction (the low point); the peak column is the largest held_per_head seen after any step.", "",
               "Decode ms per token (median of the steps in each window of generated positions) and the "
