@@ -495,6 +495,17 @@ class Report:
         return "\n".join(self.parts) + "\n"
 
 
+def other_sections(out: Path, text: str) -> str:
+    """The ``## `` sections of the existing ``out`` that this report does not render (sections other benchmark
+    scripts render from their own result files, e.g. decode_eviction.py's), kept verbatim after the new text."""
+    if not out.exists():
+        return ""
+    own = set(re.findall(r"(?m)^## .*$", text))
+    parts = re.split(r"(?m)^(?=## )", out.read_text())[1:]
+    kept = [part for part in parts if part.splitlines()[0] not in own]
+    return "".join("\n" + part.rstrip("\n") + "\n" for part in kept)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
@@ -503,7 +514,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     args = parser.parse_args()
     text = Report(args.results, args.plots, args.out, args.model).render()
-    args.out.write_text(text)
+    args.out.write_text(text + other_sections(args.out, text))
     print(f"[report] wrote {args.out}")
 
 
