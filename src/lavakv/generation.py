@@ -257,6 +257,24 @@ def generate(
     )[0]
 
 
+def _decode_result(session, model, tokenizer, cache, logits: torch.Tensor, stops: set[int], max_new_tokens: int,
+                   prompt_tokens: int, compressed_tokens: int, prefill_seconds: float) -> GenerationResult:
+    """Decode greedily from a filled ``cache`` given its last logits ``[1, vocab]``; the result with its stats."""
+    stats = session.stats(cache)
+    start = time.perf_counter()
+    decoded = decode_from_cache(model, cache, logits, max_new_tokens=max_new_tokens, stops=stops)
+    sync(logits.device)
+    decode_seconds = time.perf_counter() - start
+    end = session.stats(cache)
+    return GenerationResult(
+        text=decode_text(tokenizer, decoded.tokens), prompt_tokens=prompt_tokens, compressed_tokens=compressed_tokens,
+        kept_entries=stats.kept_entries, resident_kv_bytes=stats.resident_kv_bytes,
+        uncompressed_kv_bytes=stats.uncompressed_kv_bytes, prefill_seconds=prefill_seconds,
+        decode_seconds=decode_seconds, new_tokens=len(decoded.tokens), first_token_logits=logits[0].cpu(),
+        decode_evictions=end.decode_evictions, end_resident_kv_bytes=end.resident_kv_bytes,
+    )
+
+
 def answer_questions(
     model,
     tokenizer,
@@ -297,20 +315,8 @@ def answer_questions(
             logits = session.extend(cache, torch.tensor([p.rest], device=device)).logits[:, -1].float()
             sync(device)
             prefill_seconds = time.perf_counter() - start + (context_seconds if i == 0 else 0.0)
-            stats = session.stats(cache)
-            start = time.perf_counter()
-            decoded = decode_from_cache(model, cache, logits, max_new_tokens=max_new_tokens, stops=stops)
-            sync(device)
-            decode_seconds = time.perf_counter() - start
-            end = session.stats(cache)
-            results.append(GenerationResult(
-                text=decode_text(tokenizer, decoded.tokens), prompt_tokens=len(context_ids) + len(p.rest),
-                compressed_tokens=len(context_ids), kept_entries=stats.kept_entries,
-                resident_kv_bytes=stats.resident_kv_bytes, uncompressed_kv_bytes=stats.uncompressed_kv_bytes,
-                prefill_seconds=prefill_seconds, decode_seconds=decode_seconds, new_tokens=len(decoded.tokens),
-                first_token_logits=logits[0].cpu(), decode_evictions=end.decode_evictions,
-                end_resident_kv_bytes=end.resident_kv_bytes,
-            ))
+            results.append(_decode_result(session, model, tokenizer, cache, logits, stops, max_new_tokens,
+                                          len(context_ids) + len(p.rest), len(context_ids), prefill_seconds))
             del cache
     return results
 
@@ -377,25 +383,6 @@ def generate_many(
                     logits = shared_logits.float()
                 sync(device)
                 prefill_seconds = shared_seconds - spent + compression[i] + time.perf_counter() - start
-                stats = session.stats(cache)
-
-                start = time.perf_counter()
-                decoded = decode_from_cache(model, cache, logits, max_new_tokens=max_new_tokens, stops=stops)
-                sync(device)
-                decode_seconds = time.perf_counter() - start
-                end = session.stats(cache)
-                results.append(GenerationResult(
-                    text=decode_text(tokenizer, decoded.tokens),
-                    prompt_tokens=int(ids.shape[1]),
-                    compressed_tokens=int(compressed.shape[1]),
-                    kept_entries=stats.kept_entries,
-                    resident_kv_bytes=stats.resident_kv_bytes,
-                    uncompressed_kv_bytes=stats.uncompressed_kv_bytes,
-                    prefill_seconds=prefill_seconds,
-                    decode_seconds=decode_seconds,
-                    new_tokens=len(decoded.tokens),
-                    first_token_logits=logits[0].cpu(),
-                    decode_evictions=end.decode_evictions,
-                    end_resident_kv_bytes=end.resident_kv_bytes,
-                ))
+                results.append(_decode_result(session, model, tokenizer, cache, logits, stops, max_new_tokens,
+                                              int(ids.shape[1]), int(compressed.shape[1]), prefill_seconds))
     return results
