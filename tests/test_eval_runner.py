@@ -380,7 +380,8 @@ def test_runs_with_options_resume_and_plain_presets_keep_their_directory_names(t
             continue
         old = {k: v for k, v in resolved.items() if k != "method_label"}
         old["method"] = {k: v for k, v in old["method"].items()
-                         if k not in ("decode_budget", "decode_interval") or v is not None}
+                         if k in ("name", "scorer", "layers", "heads", "budget", "compression_ratio", "window",
+                                  "params") or v is not None}
         digest = hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:10]
         expected = f"needle__tiny__{runner_module.slug(run.label)}__query-aware__{digest}"
         assert run_directory(tmp_path, resolved).name == expected
@@ -392,7 +393,7 @@ def test_method_fields_added_later_change_the_directory_only_when_used(tmp_path)
     before = {"task": "needle", "model": "tiny", "label": "lava-b64", "query_mode": "query-aware",
               "method": {"name": "lava", "budget": 64, "params": {"alpha": 0.0}}}
     now = {**before, "method_label": "lava",
-           "method": {**before["method"], "decode_budget": None, "decode_interval": None}}
+           "method": {**before["method"], "decode_budget": None, "decode_interval": None, "chunk_size": None}}
     assert run_directory(tmp_path, now) == run_directory(tmp_path, before)
     used = {**now, "method": {**now["method"], "decode_budget": 128, "decode_interval": 16}}
     assert run_directory(tmp_path, used) != run_directory(tmp_path, before)

@@ -69,9 +69,10 @@ SHARD_PATTERN = "predictions.rank*.jsonl"
 STATE_LOCK = ".lavakv-eval.state.lock"
 TIMING_KEYS = ("prefill_seconds", "decode_seconds")  # the only record fields that differ between identical reruns
 UNHASHED = ("method_label",)  # config.json keys the directory hash leaves out (the run label already covers them)
-#: method fields added after result directories were first written: left out of the hash while off (None), so
-#: runs written before the field existed keep their directory (and resume) when it is not used
-LATER_METHOD_FIELDS = ("decode_budget", "decode_interval")
+#: the method fields of the first result directories; a field added later (decode_budget, decode_interval,
+#: chunk_size, ...) is left out of the hash while off (None), so runs written before it existed keep their
+#: directory (and resume) when it is not used
+FIRST_METHOD_FIELDS = ("name", "scorer", "layers", "heads", "budget", "compression_ratio", "window", "params")
 
 
 @dataclass(frozen=True)
@@ -262,7 +263,7 @@ def run_directory(out: Path, resolved: dict[str, Any]) -> Path:
     hashed = {k: v for k, v in resolved.items() if k not in UNHASHED}
     if isinstance(hashed.get("method"), dict):
         hashed["method"] = {k: v for k, v in hashed["method"].items()
-                            if not (k in LATER_METHOD_FIELDS and v is None)}
+                            if k in FIRST_METHOD_FIELDS or v is not None}
     digest = hashlib.sha256(json.dumps(hashed, sort_keys=True, default=str).encode()).hexdigest()[:10]
     name = "__".join([slug(resolved["task"]), slug(resolved["model"]), label_slug(resolved["label"]),
                       resolved["query_mode"], digest])
