@@ -195,7 +195,7 @@ def test_left_padding_never_leaks_into_real_tokens(name, kwargs, group, pads, wi
 def test_registry_names_and_unknown_name_lists_valid_ones():
     assert set(SCORERS) == {"snapkv", "lava", "h2o", "tova", "streaming", "knorm", "random", "cake",
                             "expected-attention", "kvzip"}
-    with pytest.raises(ValueError, match="valid names: cake, h2o, knorm"):
+    with pytest.raises(ValueError, match="valid names: cake, expected-attention, h2o, knorm, kvzip"):
         get_scorer("snap")
 
 
