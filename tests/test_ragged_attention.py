@@ -212,3 +212,19 @@ def test_ragged_storage_holds_exactly_the_entries():
     assert valid.sum().item() == 16
     assert torch.equal(padded_k[0, 1, :7], keys[3:10])
     assert torch.equal(padded_k[1, 0, :1], keys[10:11])
+
+
+def test_long_query_blocks_are_split_without_changing_the_result(monkeypatch):
+    """A block of queries (chunked prefill, an extended question) is attended QUERY_BLOCK rows at a time: the same
+    output as all rows at once, with padding visible per sequence and causality inside the block."""
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([[3, 0], [5, 2]])
+    prefix = RaggedKV(torch.randn(10, 8, generator=g), torch.randn(10, 8, generator=g), lengths)
+    tail_keys, tail_values = torch.randn(2, 2, 9, 8, generator=g), torch.randn(2, 2, 9, 8, generator=g)
+    query = torch.randn(2, 4, 7, 8, generator=g)
+    tail_valid = (torch.arange(9)[None, :] <= torch.arange(2, 9)[:, None])[None, None].repeat(2, 1, 1, 1)
+    tail_valid[1, :, :, :3] = False  # the second sequence's first tail entries are padding
+    whole = kernels.ragged_attention(query, prefix, tail_keys, tail_values, tail_valid, 0.35)
+    monkeypatch.setattr(kernels, "QUERY_BLOCK", 3)
+    blocked = kernels.ragged_attention(query, prefix, tail_keys, tail_values, tail_valid, 0.35)
+    torch.testing.assert_close(blocked, whole, rtol=1e-6, atol=1e-6)

@@ -32,6 +32,9 @@ from lavakv.cache.storage import RaggedKV
 FLAT_WASTE_LIMIT = 2**19
 NATIVE_CHUNK = 256  # entries per work item of the native kernel
 NATIVE_DTYPES = (torch.float32, torch.bfloat16)
+# queries attended at once: a block of queries (chunked prefill, a question fed through a compressed context) is
+# split so the float32 score buffer stays O(QUERY_BLOCK x entries) instead of O(q_len x entries)
+QUERY_BLOCK = 256
 
 
 def ragged_attention(
@@ -54,6 +57,13 @@ def ragged_attention(
     Returns:
         ``[batch, q_len, q_heads, head_dim]`` (the layout transformers' attention functions return).
     """
+    if query.shape[2] > QUERY_BLOCK:  # each query row is independent: attend block by block, bounded scratch
+        return torch.cat([
+            ragged_attention(query[:, :, start : start + QUERY_BLOCK], prefix, tail_keys, tail_values,
+                             tail_valid[:, :, start : start + QUERY_BLOCK] if tail_valid is not None else None,
+                             scaling)
+            for start in range(0, query.shape[2], QUERY_BLOCK)
+        ], dim=1)
     chosen = strategy(query, prefix, tail_keys, tail_values, tail_valid)
     if chosen == "flash_varlen":
         return flash_varlen_attention(query, prefix, tail_keys, tail_values, scaling)
