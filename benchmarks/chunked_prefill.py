@@ -44,6 +44,19 @@ def render(res: dict) -> str:
     return "\n".join(lines)
 
 
+def render_peak(res: dict) -> str:
+    """Markdown table of a ``peak_memory.py`` result file with chunked configs (``NAME/cC``)."""
+    env = res["environment"]
+    lines = [f"**Peak memory during prefill, `{res['model']}`** (`{env['command']}`, {env['date']}, git "
+             f"`{env['git_commit']}`): peak RSS above the loaded model, each config in a fresh process run one after "
+             "the other (prefill seconds are indicative, not side by side).", "",
+             "| config | tokens | peak over model MiB | cache holds after MiB | prefill s |", "|---|---|---|---|---|"]
+    for r in res["rows"]:
+        lines.append(f"| {r['label']} | {r['tokens']} | {r['peak_over_before_bytes'] / 2**20:.0f} | "
+                     f"{r['resident_kv_bytes'] / 2**20:.1f} | {r['prefill_seconds']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
@@ -55,7 +68,14 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/chunked_prefill_smollm2-135m.json"))
     parser.add_argument("--render", type=Path, default=None, help="print the tables of a result file and exit")
+    parser.add_argument("--render-peak", type=Path, default=None,
+                        help="print the table of a peak_memory.py result file with chunked configs and exit")
     args = parser.parse_args()
+    if args.render_peak:
+        import json
+
+        print(render_peak(json.loads(args.render_peak.read_text())))
+        return
     if args.render:
         import json
 
