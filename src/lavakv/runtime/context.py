@@ -16,16 +16,14 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from lavakv.cache.compressed import CompressedCache, CompressedLayer
 from lavakv.cache.storage import DenseKV, RaggedKV
 
-if TYPE_CHECKING:
-    from lavakv.runtime.session import Session
-
+# The session is typed Any here: this module is imported by runtime/session.py and never imports it back.
 FORMAT = "lavakv-context/1"
 
 
@@ -84,7 +82,7 @@ class CompressedContext:
         model: the model's fingerprint; tokenizer: the tokenizer's, or None.
     """
 
-    session: Session
+    session: Any  # the lavakv.Session that made it
     cache: CompressedCache
     tokens: int
     method: dict[str, Any]
@@ -146,7 +144,7 @@ class CompressedContext:
         return path
 
 
-def load_context(session: Session, path: str | Path, tokenizer=None) -> CompressedContext:
+def load_context(session: Any, path: str | Path, tokenizer=None) -> CompressedContext:
     """Read a context saved by :meth:`CompressedContext.save` into ``session`` (same model, tokenizer, method)."""
     from safetensors import safe_open
 
