@@ -237,9 +237,10 @@ class Compressor:
                 self._keep_held(layer_idx, self.components.scorer(inputs), budget, budget.new_ones((), dtype=bool),
                                 (self.budget - w).clamp_min(0))
 
-    def compress_from_reconstruction(self, queries: dict[int, torch.Tensor]) -> None:
+    def compress_with(self, queries: dict[int, torch.Tensor]) -> None:
         """Compress every layer to its budget, scoring with ``queries[l]`` ``[batch, q_heads, r, head_dim]``: the
-        queries of a reconstruction pass that came after the whole (deferred, uncompressed) prompt."""
+        queries of a pass that came after the whole (deferred, uncompressed) prompt -- a reconstruction pass, or a
+        question the context is compressed for. Each of them sees every entry (no causal mask)."""
         self.deferred = False
         start = time.perf_counter()
         with torch.no_grad():
@@ -328,7 +329,7 @@ class Compressor:
         """Compress every layer to ``mean [batch]`` + window entries per KV head on average, in the rows ``active
         [batch]`` (decode: those at the bound; chunked prefill: those above their budget); one global layer
         allocation from every layer's current statistic (the method's allocations, applied to what each layer
-        holds now). ``queries`` replaces the layers' rings of recent queries (a reconstruction pass)."""
+        holds now). ``queries`` replaces the layers' rings of recent queries (:meth:`compress_with`)."""
         c = self.components
         w = c.window
         device = self.real_tokens.device
@@ -342,7 +343,7 @@ class Compressor:
         stats = []
         for layer_idx in self.layers:
             recent = queries[layer_idx] if queries is not None else self.cache.layers[layer_idx].recent_queries()
-            inputs = self._held_inputs(layer_idx, recent)
+            inputs = self._held_inputs(layer_idx, recent, follow=queries is not None)
             scores[layer_idx] = c.scorer(inputs)
             if c.layers.cascade:
                 valid_prefix = inputs.valid & ~inputs.window_mask()
@@ -359,11 +360,12 @@ class Compressor:
             self.budgets[layer_idx] = budget
             self._keep_held(layer_idx, scores[layer_idx], budget, active, mean)
 
-    def _held_inputs(self, layer_idx: int, queries: torch.Tensor) -> ScoringInputs:
-        """Scoring inputs over everything layer ``layer_idx`` holds (:meth:`CompressedLayer.held_entries`)."""
+    def _held_inputs(self, layer_idx: int, queries: torch.Tensor, follow: bool = False) -> ScoringInputs:
+        """Scoring inputs over everything layer ``layer_idx`` holds (:meth:`CompressedLayer.held_entries`);
+        ``follow``: the queries come after every held entry (:attr:`ScoringInputs.queries_follow`)."""
         keys, values, valid = self.cache.layers[layer_idx].held_entries(self.valid)
         return ScoringInputs(queries, keys, values, valid, self.scaling[layer_idx], self.window,
-                             self.rope.get(layer_idx))
+                             self.rope.get(layer_idx), queries_follow=follow)
 
     def _keep_held(self, layer_idx: int, scores: torch.Tensor, budget: torch.Tensor, active: torch.Tensor,
                    configured: torch.Tensor) -> None:

@@ -257,9 +257,16 @@ class Session:
         return other
 
     def compress_context(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
-                         tokenizer=None) -> CompressedContext:
+                         tokenizer=None, question_ids: torch.Tensor | None = None) -> CompressedContext:
         """Prefill ``input_ids [batch, tokens]`` alone (no question yet) and compress it with the session's method
         (``full``: kept whole).
+
+        ``question_ids [batch, q]`` (optional): compress the context FOR this question, as a query-aware method
+        does with a question at the end of its prompt, but keep only the context: the context is prefilled
+        uncompressed, the question is run on a throw-away fork, and its last ``window`` queries (each seeing the
+        whole context) score the context's entries. Later questions then find what this one needed. Only for
+        scorers that score by window attention (snapkv, lava, tova, cake); ``attention_mask`` must then be None or
+        all ones.
 
         Returns a :class:`~lavakv.runtime.context.CompressedContext`: fork it for each question (``ctx.fork()``, then
         ``session.extend(fork, question_ids)`` and decode), save it with ``ctx.save(path)``. ``tokenizer`` (optional)
@@ -268,41 +275,70 @@ class Session:
         if input_ids.dim() != 2 or input_ids.shape[1] == 0:
             raise ValueError(f"compress_context needs input_ids [batch, tokens] with tokens >= 1, got "
                              f"{tuple(input_ids.shape)}")
-        if self._components is not None and self._components.scorer.reconstruction:
-            cache = self._compress_by_reconstruction(input_ids, attention_mask, tokenizer)
+        components = self._components
+        if question_ids is not None:
+            self._check_question(input_ids, attention_mask, question_ids)
+        if components is not None and components.scorer.reconstruction:
+            if tokenizer is None:
+                raise ValueError(f"scorer {components.scorer.name!r} needs the tokenizer for its reconstruction "
+                                 "prompt: session.compress_context(ids, tokenizer=tokenizer)")
+            ask = tokenizer(RECONSTRUCTION_PROMPT, add_special_tokens=False)["input_ids"]
+            ask = torch.tensor([ask], dtype=input_ids.dtype, device=input_ids.device).expand(input_ids.shape[0], -1)
+            mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+            cache = self._compress_scored_by(input_ids, mask, torch.cat([ask, input_ids], dim=1),
+                                             torch.cat([torch.ones_like(ask), mask], dim=1), None)
+        elif question_ids is not None and components is not None:
+            cache = self._compress_scored_by(input_ids, torch.ones_like(input_ids), question_ids,
+                                             torch.ones_like(question_ids), components.window)
         else:
             (cache,), _ = self.prefill(input_ids, attention_mask, [self.method])
         tokens = int(self.compressor(cache).real_tokens.max())
         return CompressedContext(self, cache, tokens, json.loads(json.dumps(self.method.describe())),
                                  model_fingerprint(self.model), tokenizer_fingerprint(tokenizer))
 
-    def _compress_by_reconstruction(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, tokenizer
-                                    ) -> CompressedCache:
-        """KVzip-style compression: prefill the context uncompressed, run a reconstruction pass (a prompt asking to
-        repeat the context, then the context) on a fork, and score the context's entries with that pass's queries."""
-        if tokenizer is None:
-            raise ValueError(f"scorer {self._components.scorer.name!r} needs the tokenizer for its reconstruction "
-                             "prompt: session.compress_context(ids, tokenizer=tokenizer)")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+    def _check_question(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                        question_ids: torch.Tensor) -> None:
+        """Refuse a ``question_ids`` that :meth:`compress_context` cannot honour exactly."""
+        if not isinstance(question_ids, torch.Tensor) or question_ids.dim() != 2 or question_ids.shape[1] == 0 or \
+                question_ids.shape[0] != input_ids.shape[0]:
+            shape = tuple(question_ids.shape) if isinstance(question_ids, torch.Tensor) else type(question_ids).__name__
+            raise ValueError(f"question_ids must be [batch, tokens] with the context's batch ({input_ids.shape[0]}) "
+                             f"and tokens >= 1, got {shape}")
+        if attention_mask is not None and not bool(attention_mask.bool().all()):
+            raise ValueError("compress_context(question_ids=...) takes unpadded contexts only (attention_mask all "
+                             "ones): compress each context of a padded batch on its own")
+        components = self._components
+        if components is None:
+            return
+        if not components.scorer.window_attention:
+            raise ValueError(
+                f"scorer {components.scorer.name!r} does not score by the attention of a question's queries: "
+                "question_ids needs snapkv, lava, tova or cake; compress without it (query-agnostic)")
+        if components.chunk_size is not None:
+            raise ValueError("compress_context(question_ids=...) prefills the context whole: drop chunk_size, or "
+                             "compress without the question")
+
+    def _compress_scored_by(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, follow: torch.Tensor,
+                            follow_mask: torch.Tensor, size: int | None) -> CompressedCache:
+        """Prefill the context ``input_ids [batch, n]`` (``attention_mask [batch, n]``) uncompressed, run ``follow
+        [batch, f]`` (``follow_mask [batch, f]``: a reconstruction pass -- a prompt asking to repeat the context, then
+        the context -- or a question) after it on a throw-away fork, and compress the context with the last ``size``
+        (None: all) queries of that pass (:meth:`Compressor.compress_with`)."""
         cache = self.cache()
         compressor = self.compressor(cache)
         compressor.deferred = True
         with torch.no_grad():
             self.model(input_ids, attention_mask=attention_mask, **cache_kwargs(cache), logits_to_keep=1)
-        ask = tokenizer(RECONSTRUCTION_PROMPT, add_special_tokens=False)["input_ids"]
-        ask = torch.tensor([ask], dtype=input_ids.dtype, device=input_ids.device).expand(input_ids.shape[0], -1)
-        replay = torch.cat([ask, input_ids], dim=1)
         fork = self.fork(cache)
         heads = self.model.config.get_text_config(decoder=True).num_attention_heads
         for layer_idx in compressor.layers:
             layer = fork.layers[layer_idx]
             layer.track_queries(layer.dense.keys.new_empty(layer.batch, heads, 0, layer.dense.keys.shape[-1]),
-                                replay.shape[1])
-        self.extend(fork, replay, torch.cat([attention_mask, torch.ones_like(ask), attention_mask], dim=1))
+                                follow.shape[1] if size is None else min(size, follow.shape[1]))
+        self.extend(fork, follow, torch.cat([attention_mask, follow_mask], dim=1))
         queries = {i: fork.layers[i].recent_queries() for i in compressor.layers}
         del fork
-        compressor.compress_from_reconstruction(queries)
+        compressor.compress_with(queries)
         return cache
 
     def load_context(self, path, *, tokenizer=None) -> CompressedContext:

@@ -43,6 +43,10 @@ SCORERS: dict[str, Callable[..., torch.Tensor]] = {
 #: scorers that score from a reconstruction pass over the context (run by Session.compress_context only)
 RECONSTRUCTION_SCORERS = frozenset({"kvzip"})
 
+#: scorers that score the context by the attention of the last ``window`` queries: a question's queries can guide
+#: them (``Session.compress_context(ids, question_ids=...)``)
+WINDOW_ATTENTION_SCORERS = frozenset({"snapkv", "lava", "tova", "cake"})
+
 #: scorers whose scores are attention mass (non-negative, comparable across layers): the only ones whose score
 #: distribution means something to LAVa's entropy layer allocation
 ATTENTION_MASS_SCORERS = frozenset({"snapkv", "lava", "h2o", "tova", "cake", "expected-attention", "kvzip"})
@@ -93,6 +97,11 @@ class Scorer:
     def reconstruction(self) -> bool:
         """Whether this scorer needs a reconstruction pass (see :data:`RECONSTRUCTION_SCORERS`)."""
         return self.name in RECONSTRUCTION_SCORERS
+
+    @property
+    def window_attention(self) -> bool:
+        """Whether scores come from the window queries' attention (see :data:`WINDOW_ATTENTION_SCORERS`)."""
+        return self.name in WINDOW_ATTENTION_SCORERS
 
     @property
     def attention_mass(self) -> bool:

@@ -26,6 +26,9 @@ class ScoringInputs:
         window: the observation window w: the last ``window`` prompt positions, always kept.
         rope_inv_freq: the layer's RoPE inverse frequencies ``[rotary_dim / 2]`` (rotate-half layout), or None when
             unknown; scorers that predict future queries (expected attention) need them.
+        queries_follow: the queries come after every key (a question or a reconstruction pass scored against a
+            stored context, :meth:`lavakv.Session.compress_context`): each query sees every valid key, no causal mask
+            inside the window.
 
     The runtime only builds these for prompts longer than the window (``tokens > window``). ``queries`` may hold
     only the last queries (at least the window's): they are the queries of the last ``queries.shape[2]`` columns.
@@ -38,6 +41,7 @@ class ScoringInputs:
     scaling: float
     window: int
     rope_inv_freq: torch.Tensor | None = None
+    queries_follow: bool = False
     _window_attention: torch.Tensor | None = field(default=None, repr=False)
     _window_copy: torch.Tensor | None = field(default=None, repr=False)
     #: seconds spent computing the window attention, and how many times it was asked for (cost attribution)
@@ -77,7 +81,7 @@ class ScoringInputs:
         """Softmax attention of the window queries over all prompt keys, float32.
 
         Returns ``[batch, q_heads, w, tokens]`` (METHODS.md §0, A_{l,h}[j, i] for j in the window): causal inside
-        the window, zero on padding keys. Costs O(q_heads * w * tokens * head_dim); never builds n x n.
+        the window (unless ``queries_follow``), zero on padding keys. Costs O(q_heads * w * tokens * head_dim); never builds n x n.
         Computed once per layer and shared by every scorer that needs it.
         """
         self.window_reads += 1
@@ -92,6 +96,8 @@ class ScoringInputs:
             query_pos = torch.arange(n - w, n, device=q.device)
             key_pos = torch.arange(n, device=q.device)
             allowed = key_pos[None, :] <= query_pos[:, None]  # [w, n] causal inside the window
+            if self.queries_follow:
+                allowed = torch.ones_like(allowed)
             allowed = allowed[None, None] & self.key_valid(hq)[:, :, None, :]  # [b, 1 or hq, w, n]
             logits = logits.masked_fill(~allowed, float("-inf"))
             probs = torch.softmax(logits, dim=-1)
