@@ -133,7 +133,7 @@ def run(args) -> Path:
         for at in range(0, len(samples), args.batch):
             chunk = samples[at:at + args.batch]
             texts, state = generate_batch(model, tokenizer, [s["prompt"] for s in chunk], method, args.max_new_tokens)
-            for i, (sample, text) in enumerate(zip(chunk, texts)):
+            for i, (sample, text) in enumerate(zip(chunk, texts, strict=True)):
                 records.append({"id": sample["id"], "text": text, **score(sample, text),
                                 "prompt_tokens": state["prompt_tokens"][i],
                                 **({"held_per_head": state["held_per_head"][i]} if "held_per_head" in state else {})})
