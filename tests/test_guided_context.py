@@ -148,3 +148,19 @@ def test_only_queries_that_follow_the_context_skip_the_causal_mask(monkeypatch):
         seen.clear()
         session.compress_context(ids, question_ids=ids[:, :5])
         assert seen and all(seen)
+
+
+@pytest.mark.parametrize("question", [False, True])
+def test_a_session_compresses_a_context_with_any_method(question):
+    """``compress_context(..., method=m)`` in a session attached with ``full`` equals a session attached with m."""
+    model = tiny_model("llama", layers=2)
+    generator = torch.Generator().manual_seed(5)
+    context = torch.randint(0, 97, (1, 45), generator=generator)
+    asked = torch.randint(0, 97, (1, 8), generator=generator)
+    m = lavakv.method("lava", budget=BUDGET, window=W)
+    kwargs = {"question_ids": asked} if question else {}
+    with lavakv.method("full").attach(model) as session:
+        shared = session.extend(session.compress_context(context, method=m, **kwargs).fork(), asked).logits
+    with m.attach(model) as session:
+        own = session.extend(session.compress_context(context, **kwargs).fork(), asked).logits
+    assert torch.equal(shared, own)

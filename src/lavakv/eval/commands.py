@@ -206,7 +206,8 @@ def add_subcommands(subparsers, parents: Sequence[argparse.ArgumentParser] = ())
     p.add_argument("--model", default=default_model_name(),
                    help="model name, local directory, .gguf file or hub id (default: %(default)s)")
     p.add_argument("--task", required=True,
-                   help=f"task(s): {', '.join(TASK_NAMES)}; subtasks as ruler:vt,cwe or longbench:hotpotqa,lcc; "
+                   help=f"task(s): {', '.join(TASK_NAMES)}; subtasks as ruler:vt,cwe, longbench:hotpotqa,lcc or "
+                        "multiquestion:keys,niah_multiquery; "
                         "several joined with + (e.g. needle+ruler)")
     p.add_argument("--methods", default=DEFAULT_METHODS,
                    help="comma-separated presets, see `lavakv methods`, each optionally with options in brackets "

