@@ -399,3 +399,38 @@ def test_method_fields_added_later_change_the_directory_only_when_used(tmp_path)
     assert run_directory(tmp_path, used) != run_directory(tmp_path, before)
     other = {**now, "method": {**now["method"], "params": {"alpha": 0.2}}}
     assert run_directory(tmp_path, other) != run_directory(tmp_path, before)
+
+
+@pytest.mark.parametrize("agnostic", [False, True])
+def test_chunked_and_reconstruction_methods_run_beside_the_shared_prefill(tmp_path, agnostic):
+    """A chunked method is prefilled alone (its chunks attend to what it compressed) and a kvzip method is compressed
+    by its reconstruction pass; both give what running them alone gives, and the shared methods are unchanged."""
+    model, tokenizer = tiny_eval_pair(chat=True)
+    methods = ["full", "snapkv", "snapkv[chunk_size=64]", "kvzip"]
+    config = _config(tmp_path, methods=methods, budgets=[40], agnostic=agnostic)
+    results = run_eval(model, tokenizer, config, model_id="tiny", progress=False)
+    assert {r.status for r in results} == {"finished"}
+    task = NeedleTask(tokenizer, config.options)
+    stops = stop_ids(model, tokenizer)
+    for result in results:
+        run = next(r for r in plan_runs(config) if r.label == result.label)
+        for record in read_predictions(result.directory / PREDICTIONS):
+            sample = task.sample(record["index"])
+            ids = encode_prompt(tokenizer, sample.context, sample.query, answer_prefix=sample.answer_prefix)
+            prefix = ids.context if agnostic else ids.whole
+            x = torch.tensor([prefix])
+            with run.method.attach(model) as session:
+                if run.method.name == "kvzip":
+                    cache = session.compress_context(x[:, :-1], tokenizer=tokenizer).cache
+                    logits = session.extend(cache, x[:, -1:]).logits[:, -1]
+                else:
+                    (cache,), logits = session.prefill(x, torch.ones_like(x), [run.method])
+                stats = session.stats(cache)
+                if agnostic:
+                    logits = session.extend(cache, torch.tensor([ids.rest])).logits[:, -1]
+                decoded = decode_from_cache(model, cache, logits, max_new_tokens=6, stops=stops)
+            assert record["prediction"] == decode_text(tokenizer, decoded.tokens)
+            assert record["kept_entries"] == stats.kept_entries
+            if run.method.name != "full":
+                layers, heads = model.config.num_hidden_layers, model.config.num_key_value_heads
+                assert record["kept_entries"] <= 40 * layers * heads + layers * heads

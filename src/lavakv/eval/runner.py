@@ -431,7 +431,12 @@ class _RunState:
 # -- one sample ----------------------------------------------------------------------------------------------------
 def evaluate_sample(model, tokenizer, session, task: Task, sample: Sample, methods: list[Method],
                     query_agnostic: bool) -> list[dict[str, Any]]:
-    """Records of every method on ``sample``: one shared exact prefill, then greedy decoding per cache."""
+    """Records of every method on ``sample``: one shared exact prefill, then greedy decoding per cache.
+
+    Methods that cannot share it are filled on their own: a chunked one (``chunk_size``) by its own chunked prefill,
+    a reconstruction scorer's (kvzip) by :meth:`~lavakv.Session.compress_context` over all but the last prompt
+    token, which is then fed through the compressed cache (it gives the first logits; the last position is in every
+    method's window, so nothing changes but where it is computed)."""
     if not task.generates:
         return task.evaluate(model, session, sample, methods, query_agnostic)
     ids = sample.prompt_ids(tokenizer)
@@ -446,11 +451,9 @@ def evaluate_sample(model, tokenizer, session, task: Task, sample: Sample, metho
         encoded = tokenizer(text, add_special_tokens=False)["input_ids"]
         if encoded:
             stops.add(int(encoded[-1]))
-    start = time.perf_counter()
-    caches, logits = session.prefill(x, torch.ones_like(x), methods)
-    prefill_seconds = time.perf_counter() - start
+    filled = _fill(session, tokenizer, x, methods)
     records = []
-    for cache in caches:
+    for cache, logits, prefill_seconds in filled:
         start = time.perf_counter()
         last = logits
         stats = session.stats(cache)  # right after the compressed prefill
@@ -475,6 +478,41 @@ def evaluate_sample(model, tokenizer, session, task: Task, sample: Sample, metho
             "query_mode": "query-agnostic" if agnostic else "query-aware",
         })
     return records
+
+
+def _fill(session, tokenizer, x: torch.Tensor, methods: list[Method]) -> list[tuple[Any, torch.Tensor, float]]:
+    """``(cache, last logits [1, vocab], prefill seconds)`` per method (aligned with ``methods``) for the prompt
+    ``x [1, n]``: one shared prefill for every method that can share it, the others filled alone."""
+    def alone(method: Method) -> str | None:
+        components = method.resolve()
+        if components is None:
+            return None
+        if components.scorer.reconstruction:
+            return "reconstruction"
+        return "chunked" if components.chunk_size is not None else None
+
+    out: list[Any] = [None] * len(methods)
+    shared = [i for i, m in enumerate(methods) if alone(m) is None]
+    if shared:
+        start = time.perf_counter()
+        caches, logits = session.prefill(x, torch.ones_like(x), [methods[i] for i in shared])
+        seconds = time.perf_counter() - start
+        for i, cache in zip(shared, caches, strict=True):
+            out[i] = (cache, logits, seconds)
+    for i, method in enumerate(methods):
+        kind = alone(method)
+        if kind is None:
+            continue
+        start = time.perf_counter()
+        if kind == "chunked":
+            (cache,), logits = session.prefill(x, torch.ones_like(x), [method])
+        else:
+            if x.shape[1] < 2:
+                raise ValueError(f"{method.name}: a one-token prompt has no context to reconstruct")
+            cache = session.compress_context(x[:, :-1], tokenizer=tokenizer, method=method).cache
+            logits = session.extend(cache, x[:, -1:]).logits[:, -1]
+        out[i] = (cache, logits, time.perf_counter() - start)
+    return out
 
 
 # -- the runner ----------------------------------------------------------------------------------------------------
