@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Issue #14, several questions from one compressed context (task multiquestion, docs/evaluation.md).
+# Query-aware: snapkv and lava compress the context for the first question; expected-attention and kvzip (and
+# their LAVa-budget presets) compress it alone. Ratios 0.75 and 0.9 keep 25 % and 10 % of the context.
+# Resumable: rerun with a larger --samples to extend every run in place.
+set -euo pipefail
+cd "$(dirname "$0")/../../../.."
+MODEL=${MODEL:-smollm2-135m}
+LENGTH=${LENGTH:-2048}
+SAMPLES=${SAMPLES:-10}
+lavakv eval --model "$MODEL" --task multiquestion \
+  --methods full,snapkv,lava,expected-attention,lava-ea,kvzip,lava-kvzip \
+  --compression-ratios 0.75,0.9 --lengths "$LENGTH" --samples "$SAMPLES" \
+  --out "benchmarks/results/eval/multiquestion/${MODEL}_${LENGTH}"
