@@ -434,3 +434,21 @@ def test_chunked_and_reconstruction_methods_run_beside_the_shared_prefill(tmp_pa
             if run.method.name != "full":
                 layers, heads = model.config.num_hidden_layers, model.config.num_key_value_heads
                 assert record["kept_entries"] <= 40 * layers * heads + layers * heads
+
+
+def test_fidelity_runs_chunked_and_kvzip_methods(tmp_path):
+    """Fidelity fills chunked and kvzip caches alone; a chunk as long as the prompt is the exact prefill (same KL),
+    and attention error is not measured for them (NaN)."""
+    model, tokenizer = tiny_eval_pair()
+    config = _config(tmp_path, task="fidelity", methods=["full", "lava", "lava[chunk_size=512]", "lava[chunk_size=64]",
+                                                         "kvzip"], budgets=[40], lengths=[200], samples=2)
+    results = {r.label: r for r in run_eval(model, tokenizer, config, model_id="tiny", progress=False)}
+    records = {label: read_predictions(r.directory / PREDICTIONS) for label, r in results.items()}
+    exact, whole, chunked = (records[f"{name}-b40"] for name in ("lava", "lava[chunk_size=512]",
+                                                                   "lava[chunk_size=64]"))
+    for a, b, c in zip(exact, whole, chunked, strict=True):
+        assert a["scores"]["kl"] == b["scores"]["kl"] and a["kept_entries"] == b["kept_entries"]
+        assert c["scores"]["kl"] != a["scores"]["kl"]
+        assert b["scores"]["attention_error"] != b["scores"]["attention_error"]  # NaN
+        assert a["scores"]["attention_error"] >= 0
+    assert all(r["scores"]["kl"] >= 0 for r in records["kvzip-b40"])

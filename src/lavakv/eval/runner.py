@@ -51,6 +51,7 @@ from typing import Any
 
 import torch
 
+from lavakv.eval.filling import fill_caches
 from lavakv.eval.provenance import collect, now
 from lavakv.eval.specs import label_slug, parse_method, slug
 from lavakv.eval.tasks import Task, TaskOptions, build_tasks
@@ -451,7 +452,7 @@ def evaluate_sample(model, tokenizer, session, task: Task, sample: Sample, metho
         encoded = tokenizer(text, add_special_tokens=False)["input_ids"]
         if encoded:
             stops.add(int(encoded[-1]))
-    filled = _fill(session, tokenizer, x, methods)
+    filled = fill_caches(session, tokenizer, x, methods)
     records = []
     for cache, logits, prefill_seconds in filled:
         start = time.perf_counter()
@@ -478,41 +479,6 @@ def evaluate_sample(model, tokenizer, session, task: Task, sample: Sample, metho
             "query_mode": "query-agnostic" if agnostic else "query-aware",
         })
     return records
-
-
-def _fill(session, tokenizer, x: torch.Tensor, methods: list[Method]) -> list[tuple[Any, torch.Tensor, float]]:
-    """``(cache, last logits [1, vocab], prefill seconds)`` per method (aligned with ``methods``) for the prompt
-    ``x [1, n]``: one shared prefill for every method that can share it, the others filled alone."""
-    def alone(method: Method) -> str | None:
-        components = method.resolve()
-        if components is None:
-            return None
-        if components.scorer.reconstruction:
-            return "reconstruction"
-        return "chunked" if components.chunk_size is not None else None
-
-    out: list[Any] = [None] * len(methods)
-    shared = [i for i, m in enumerate(methods) if alone(m) is None]
-    if shared:
-        start = time.perf_counter()
-        caches, logits = session.prefill(x, torch.ones_like(x), [methods[i] for i in shared])
-        seconds = time.perf_counter() - start
-        for i, cache in zip(shared, caches, strict=True):
-            out[i] = (cache, logits, seconds)
-    for i, method in enumerate(methods):
-        kind = alone(method)
-        if kind is None:
-            continue
-        start = time.perf_counter()
-        if kind == "chunked":
-            (cache,), logits = session.prefill(x, torch.ones_like(x), [method])
-        else:
-            if x.shape[1] < 2:
-                raise ValueError(f"{method.name}: a one-token prompt has no context to reconstruct")
-            cache = session.compress_context(x[:, :-1], tokenizer=tokenizer, method=method).cache
-            logits = session.extend(cache, x[:, -1:]).logits[:, -1]
-        out[i] = (cache, logits, time.perf_counter() - start)
-    return out
 
 
 # -- the runner ----------------------------------------------------------------------------------------------------

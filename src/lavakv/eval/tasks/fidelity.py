@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from lavakv.compat import cache_kwargs
+from lavakv.eval.filling import alone, fill_caches
 from lavakv.eval.tasks.base import Sample, Task, TaskOptions, resolve
 from lavakv.eval.tasks.sources import read_source, stdlib_files, stdlib_root
 
@@ -101,11 +102,13 @@ class FidelityTask(Task):
         device = next(model.parameters()).device
         ids = torch.tensor([prompt], device=device)  # [1, n]
         everyone = [make_method("full"), *methods]
-        caches, _ = session.prefill(ids, torch.ones_like(ids), everyone, record_window_queries=True)
+        caches = [c for c, _, _ in fill_caches(session, self.tokenizer, ids, everyone, record_window_queries=True)]
         stats = [session.stats(c) for c in caches]
-        # a method that does not compress (``full``) evicts nothing: its attention output is exact in every layer
-        errors = [[]] + [attention_errors(session, caches[0], cache, m.window) if m.compresses
-                         else [0.0] * len(stat.layers)
+        # a method that does not compress (``full``) evicts nothing: its attention output is exact in every layer;
+        # one filled alone (chunked, kvzip) has no window queries of the exact prefill to measure it with
+        errors = [[]] + [[0.0] * len(stat.layers) if not m.compresses else
+                         [float("nan")] * len(stat.layers) if alone(m) else
+                         attention_errors(session, caches[0], cache, m.window)
                          for cache, m, stat in zip(caches[1:], methods, stats[1:], strict=True)]
         block = torch.tensor([continuation[:-1]], device=device)  # [1, c - 1]
         targets = torch.tensor(continuation[1:], device=device)  # [c - 1]
