@@ -260,3 +260,23 @@ def test_real_data_builds_a_sample(subtask):
         assert sample.meta["golden_documents"] and sample.context.count("\n\nDocument ") == sample.meta["documents"]
     else:
         assert all(f"is: {value}." in sample.context for value in sample.references)
+
+
+def test_multiquestion_niah_multiquery_asks_each_of_rulers_four_keys_alone(fake_data):
+    """multiquestion:niah_multiquery is RULER's niah_multiquery document (essays, four needles at RULER's depths)
+    with one single-key question per needle."""
+    from lavakv.eval.tasks.multiquestion import MultiQuestionTask
+    from lavakv.eval.tasks.ruler_data import DEPTHS
+
+    tokenizer = char_tokenizer()
+    task = MultiQuestionTask(tokenizer, TaskOptions(lengths=[3000], samples=2), "niah_multiquery")
+    assert task.name == "multiquestion/niah_multiquery" and task.settings()["data"]
+    for i in range(len(task)):
+        sample = task.sample(i)
+        assert len(sample.payload) == 4 and sample.context.startswith("Some special magic numbers are hidden")
+        for question, prefix, value in sample.payload:
+            assert sample.context.count(f"is: {value}.") == 1
+            key = re.search(r"for (\S+) mentioned", question).group(1)
+            assert f"for {key} is: {value}." in sample.context and key in prefix
+        assert all(round(100 * d) in DEPTHS for d in sample.meta["depths"])
+        assert "Essay sentence" in sample.context

@@ -37,8 +37,7 @@ import torch
 
 from lavakv.eval.metrics import ruler_postprocess, string_match_all
 from lavakv.eval.tasks.base import Sample, Task, TaskOptions, resolve
-from lavakv.eval.tasks.ruler_templates import NEEDLE, NIAH_ANSWER, NIAH_QUERY
-from lavakv.eval.tasks.ruler_templates import random_value as _random_value
+from lavakv.eval.tasks.ruler_templates import NEEDLE, NIAH_ANSWER, NIAH_QUERY, distinct_values
 from lavakv.generation import count_tokens, decode_from_cache, decode_text, encode_prompt, stop_ids
 
 SUBTASKS = ["keys", "niah_multiquery"]
@@ -48,15 +47,6 @@ PREFIX = ("Some special magic numbers are hidden within the following text. Make
           "you about the numbers afterwards.\n")
 KIND = "number"
 TOKENS_TO_GENERATE = 32  # a 7-digit number and a few words around it
-
-
-def _distinct(rng: random.Random, kind: str, count: int) -> list[str]:
-    out: list[str] = []
-    while len(out) < count:
-        value = _random_value(rng, kind)
-        if value not in out:
-            out.append(value)
-    return out
 
 
 def noise_document(rng: random.Random, units: int, keys: list[str], values: list[str]) -> tuple[str, list[float]]:
@@ -135,7 +125,7 @@ class MultiQuestionTask(Task):
         length = self.lengths[index // self.repeats]
         rng = random.Random(f"{self.sample_seed(*divmod(index, self.repeats))}:multiquestion:{self.subtask}")
         count = rng.randint(4, 8) if self.subtask == "keys" else 4
-        keys, values = _distinct(rng, "words", count), _distinct(rng, "numbers", count)
+        keys, values = distinct_values(rng, "words", count), distinct_values(rng, "numbers", count)
         asked = list(range(count))
         rng.shuffle(asked)
         questions = [(NIAH_QUERY.format(kind=KIND, query=keys[i]), NIAH_ANSWER.format(kind=KIND, query=keys[i]),

