@@ -456,8 +456,10 @@ def render_steptime(res: dict) -> list[str]:
 def render(folder: Path) -> str:
     out = []
     results = load_results(folder)
+    from decode_task import render as render_task
+
     for kind, fn in (("verify", render_verify), ("fidelity", render_fidelity), ("memory", render_memory),
-                     ("steptime", render_steptime)):
+                     ("decode_task", render_task), ("steptime", render_steptime)):
         for res in results:
             if res.get("kind") == kind:
                 out += fn(res) + [""]

@@ -11,9 +11,10 @@ Configurations: ``full`` (plain transformers cache, no lavakv) and every method 
 decode_interval=interval)`` (the prompt is compressed to ``D - interval`` if longer, then the cache never holds
 more than ``D`` entries per KV head on average).
 
-Scores per sample: ``final`` (1 if the ``Final: x = v`` line gives the true value), ``steps`` (fraction of step
-lines whose last number is the true running value). Every configuration sees the same samples, so each is compared
-with ``full`` pairwise (bootstrap 95 % interval of the mean per-sample difference, as ``lavakv report``).
+Scores per sample: ``final`` (1 if the last ``Final ...`` line ends with the true value), ``steps`` (fraction of
+step lines whose last number is the true running value); ``render`` recomputes them from the stored answers. Every
+configuration sees the same samples, so each is compared with ``full`` pairwise (bootstrap 95 % interval of the
+mean per-sample difference, as ``lavakv report``).
 
 Resumable: each configuration's records are written to the result file as soon as it finishes; a rerun with the
 same settings skips finished configurations (``--samples`` larger than before runs everything again).
@@ -40,8 +41,9 @@ from lavakv.compat import cache_kwargs
 from lavakv.eval.intervals import bootstrap_interval, paired_comparison
 
 RESULTS = Path("benchmarks/results/decode_eviction")
-FINAL = re.compile(r"Final:\s*x\s*=\s*(-?\d+)")
-STEP = re.compile(r"Step\s+(\d+)\s*:[^\n]*?(-?\d+)\s*\.?\s*$", re.MULTILINE)
+# the last number of a "Final ..." line and of each "Step k ..." line (markdown emphasis and a full stop allowed)
+FINAL = re.compile(r"Final\b[^\n]*?(-?\d+)\W*$", re.MULTILINE)
+STEP = re.compile(r"Step\s+(\d+)\W*:[^\n]*?(-?\d+)\W*$", re.MULTILINE)
 
 
 def ints(text: str) -> list[int]:
@@ -68,7 +70,7 @@ def make_sample(seed: int, steps: int) -> dict:
 
 
 def score(sample: dict, text: str) -> dict[str, float]:
-    """``final``: 1.0 when the last ``Final: x = v`` line gives the true value; ``steps``: the share of steps whose
+    """``final``: 1.0 when the last ``Final ...`` line ends with the true value; ``steps``: the share of steps whose
     line (the last one numbered ``k``) ends with the true value after step ``k``."""
     finals = FINAL.findall(text)
     final = float(bool(finals) and int(finals[-1]) == sample["final"])
@@ -144,15 +146,22 @@ def run(args) -> Path:
     return path
 
 
-def render(path: Path) -> str:
-    """Markdown: per configuration, mean final-answer and step accuracy with 95 % intervals, and the paired
-    difference from ``full`` on the final answer."""
-    res = json.loads(path.read_text())
+def render(res: dict) -> list[str]:
+    """Markdown lines: per configuration, mean final-answer and step accuracy with 95 % intervals, and the paired
+    differences from ``full``."""
     cfg, s = res["configurations"], res["settings"]
+    for entry in cfg.values():  # scores from the stored answers with this file's scoring
+        for r in entry["records"]:
+            r.update(score(make_sample(int(r["id"][1:]), s["steps"]), r["text"]))
     full = {r["id"]: r["final"] for r in cfg["full"]["records"]}
     full_steps = {r["id"]: r["steps"] for r in cfg["full"]["records"]}
-    lines = [f"{s['model']}, {s['samples']} samples, {s['steps']} operations, greedy, interval {s['interval']} "
-             f"(command: `{res['environment']['command']}`, {res['environment']['date']}).", "",
+    env = res["environment"]
+    lines = [f"**Long-answer task, `{s['model']}`**: `{env['command']}` ({env['date']}, git `{env['git_commit']}`, "
+             f"{sum(c['seconds'] for c in cfg.values()) / 60:.0f} min). {s['samples']} samples of {s['steps']} "
+             f"operations, greedy, at most {s['max_new_tokens']} new tokens, decode interval {s['interval']}, prompt "
+             "budget B = D - interval. Final answer: the `Final: x = v` line is right; steps right: share of the "
+             "`Step k` lines that end with the true value. Paired: mean per-sample difference from `full` with its "
+             "95 % bootstrap interval; W/T/L: samples better / equal / worse than `full`.", "",
              "| configuration | final answer % [95 % CI] | vs full (paired) | W/T/L | steps right % [95 % CI] "
              "| vs full (paired) | max held/head |",
              "|---|---|---|---|---|---|---|"]
@@ -174,8 +183,9 @@ def render(path: Path) -> str:
                      f"{steps.mean:.1f} [{steps.low:.1f}, {steps.high:.1f}] | {pair_steps} | "
                      f"{'' if held != held else f'{held:.1f}'} |")
     prompts = [r["prompt_tokens"] for r in cfg["full"]["records"]]
-    lines += ["", f"Prompt tokens {min(prompts)}-{max(prompts)}; `full` is transformers' own cache (no lavakv)."]
-    return "\n".join(lines)
+    lines += ["", f"Prompt tokens {min(prompts)}-{max(prompts)}; `full` is transformers' own cache (no lavakv). "
+              f"Example prompt:", "", *("    " + line for line in res["example_prompt"].split("\n"))]
+    return lines
 
 
 def main() -> None:
@@ -197,7 +207,7 @@ def main() -> None:
     if args.part == "run":
         print(run(args))
     else:
-        print(render(args.out or RESULTS / f"task_{args.model}.json"))
+        print("\n".join(render(json.loads((args.out or RESULTS / f"task_{args.model}.json").read_text()))))
 
 
 if __name__ == "__main__":
