@@ -159,9 +159,9 @@ def render(res: dict) -> list[str]:
     lines = [f"**Long-answer task, `{s['model']}`**: `{env['command']}` ({env['date']}, git `{env['git_commit']}`, "
              f"{sum(c['seconds'] for c in cfg.values()) / 60:.0f} min). {s['samples']} samples of {s['steps']} "
              f"operations, greedy, at most {s['max_new_tokens']} new tokens, decode interval {s['interval']}, prompt "
-             "budget B = D - interval. Final answer: the `Final: x = v` line is right; steps right: share of the "
-             "`Step k` lines that end with the true value. Paired: mean per-sample difference from `full` with its "
-             "95 % bootstrap interval; W/T/L: samples better / equal / worse than `full`.", "",
+             "budget B = D - interval. Final answer: the last `Final` line ends with the true value; steps right: "
+             "share of the `Step k` lines that end with the true value. Paired: mean per-sample difference from "
+             "`full` with its 95 % bootstrap interval; W/T/L: samples better / equal / worse than `full`.", "",
              "| configuration | final answer % [95 % CI] | vs full (paired) | W/T/L | steps right % [95 % CI] "
              "| vs full (paired) | max held/head |",
              "|---|---|---|---|---|---|---|"]
@@ -182,6 +182,17 @@ def render(res: dict) -> list[str]:
         lines.append(f"| {label} | {final.mean:.1f} [{final.low:.1f}, {final.high:.1f}] | {pair} | {wtl} | "
                      f"{steps.mean:.1f} [{steps.low:.1f}, {steps.high:.1f}] | {pair_steps} | "
                      f"{'' if held != held else f'{held:.1f}'} |")
+    lines += ["", "Methods at the same decode budget, paired (row minus column, final answer, points):", ""]
+    labels = [label for label in cfg if label != "full"]
+    for i, a in enumerate(labels):
+        for b in labels[i + 1:]:
+            if a.split("@")[-1] != b.split("@")[-1]:
+                continue
+            cmp = paired_comparison({r["id"]: r["final"] for r in cfg[a]["records"]},
+                                    {r["id"]: r["final"] for r in cfg[b]["records"]})
+            d = cmp.difference.scaled(100)
+            lines.append(f"- {a} - {b}: {d.mean:+.1f} [{d.low:+.1f}, {d.high:+.1f}], W/T/L {cmp.wins}/{cmp.ties}/"
+                         f"{cmp.losses}: {cmp.verdict}")
     prompts = [r["prompt_tokens"] for r in cfg["full"]["records"]]
     lines += ["", f"Prompt tokens {min(prompts)}-{max(prompts)}; `full` is transformers' own cache (no lavakv). "
               f"Example prompt:", "", *("    " + line for line in res["example_prompt"].split("\n"))]
