@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 from common import write_result
+from decode_eviction import ints
 
 import lavakv
 from lavakv.compat import cache_kwargs
@@ -44,10 +45,6 @@ RESULTS = Path("benchmarks/results/decode_eviction")
 # the last number of a "Final ..." line and of each "Step k ..." line (markdown emphasis and a full stop allowed)
 FINAL = re.compile(r"Final\b[^\n]*?(-?\d+)\W*$", re.MULTILINE)
 STEP = re.compile(r"Step\s+(\d+)\W*:[^\n]*?(-?\d+)\W*$", re.MULTILINE)
-
-
-def ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x]
 
 
 def make_sample(seed: int, steps: int) -> dict:

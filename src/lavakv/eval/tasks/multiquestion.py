@@ -158,10 +158,6 @@ class MultiQuestionTask(Task):
             payload=questions,
         )
 
-    def score(self, sample: Sample, prediction: str) -> dict[str, float]:
-        """Not used: :meth:`evaluate` scores each question (``string_match_all`` of its value)."""
-        raise NotImplementedError("multiquestion scores each question in evaluate()")
-
     def evaluate(self, model, session, sample: Sample, methods: list, query_agnostic: bool = False
                  ) -> list[dict[str, Any]]:
         """One record per method: the context compressed once, every question answered from a fork of it."""
