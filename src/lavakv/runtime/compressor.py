@@ -293,8 +293,8 @@ class Compressor:
     def after_forward(self) -> None:
         """After every forward call: run decode-time eviction once the next token would pass ``decode_budget``."""
         c = self.components
-        if c is None or self.real_tokens is None or not self.layers:
-            return
+        if c is None or self.real_tokens is None or not self.layers or self.deferred:
+            return  # deferred: the context waits uncompressed for the pass that scores it (compress_with)
         if self._chunk_pending:  # chunked prefill: every layer back to its budget after each chunk
             self._chunk_pending = False
             start = time.perf_counter()

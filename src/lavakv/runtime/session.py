@@ -216,6 +216,12 @@ class Session:
                 )
             return self._prefill_chunked(input_ids, attention_mask, methods[0], chunks[0], record_window_queries)
         caches = [self.cache(m, record_window_queries=record_window_queries) for m in methods]
+        return caches, self._fill(input_ids, attention_mask, caches)
+
+    def _fill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, caches: list[CompressedCache]
+              ) -> torch.Tensor:
+        """One exact prefill of ``input_ids`` into every (empty) cache of ``caches``, each compressed by its own
+        compressor; returns the last position's logits ``[batch, vocab]``."""
         self._followers[caches[0]] = caches[1:]
         try:
             with torch.no_grad():
@@ -228,7 +234,7 @@ class Session:
             if not (isinstance(layer, CompressedLayer) and layer.compressible):
                 for follower in caches[1:]:
                     follower.copy_layer_from(caches[0], i)
-        return caches, logits
+        return logits
 
     def _prefill_chunked(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, method: Resolvable,
                          chunk: int, record_window_queries: bool) -> tuple[list[CompressedCache], torch.Tensor]:
@@ -271,32 +277,85 @@ class Session:
 
         Returns a :class:`~lavakv.runtime.context.CompressedContext`: fork it for each question (``ctx.fork()``, then
         ``session.extend(fork, question_ids)`` and decode), save it with ``ctx.save(path)``. ``tokenizer`` (optional)
-        is fingerprinted so a saved context refuses another tokenizer.
+        is fingerprinted so a saved context refuses another tokenizer. Several methods: :meth:`compress_contexts`.
         """
-        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
-            raise ValueError(f"compress_context needs input_ids [batch, tokens] with tokens >= 1, got "
-                             f"{tuple(input_ids.shape)}")
         method = self.method if method is None else method
-        components = method.resolve()
-        if question_ids is not None:
-            self._check_question(input_ids, attention_mask, question_ids, components)
-        if components is not None and components.scorer.reconstruction:
-            if tokenizer is None:
-                raise ValueError(f"scorer {components.scorer.name!r} needs the tokenizer for its reconstruction "
-                                 "prompt: session.compress_context(ids, tokenizer=tokenizer)")
-            ask = tokenizer(RECONSTRUCTION_PROMPT, add_special_tokens=False)["input_ids"]
-            ask = torch.tensor([ask], dtype=input_ids.dtype, device=input_ids.device).expand(input_ids.shape[0], -1)
-            mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-            cache = self._compress_scored_by(method, input_ids, mask, torch.cat([ask, input_ids], dim=1),
-                                             torch.cat([torch.ones_like(ask), mask], dim=1), None)
-        elif question_ids is not None and components is not None:
-            cache = self._compress_scored_by(method, input_ids, torch.ones_like(input_ids), question_ids,
-                                             torch.ones_like(question_ids), components.window)
-        else:
-            (cache,), _ = self.prefill(input_ids, attention_mask, [method])
-        tokens = int(self.compressor(cache).real_tokens.max())
-        return CompressedContext(self, cache, tokens, json.loads(json.dumps(method.describe())),
-                                 model_fingerprint(self.model), tokenizer_fingerprint(tokenizer))
+        return self.compress_contexts(input_ids, [method], attention_mask, tokenizer=tokenizer,
+                                      question_ids=question_ids)[0]
+
+    def compress_contexts(self, input_ids: torch.Tensor, methods: list[Resolvable],
+                          attention_mask: torch.Tensor | None = None, *, tokenizer=None,
+                          question_ids: torch.Tensor | list[torch.Tensor | None] | None = None
+                          ) -> list[CompressedContext]:
+        """One context compressed by each of ``methods`` from ONE prefill: ``contexts[i]`` equals
+        ``compress_context(input_ids, attention_mask, tokenizer=tokenizer, question_ids=q_i, method=methods[i])``.
+
+        ``question_ids``: None (every context compressed alone), one ``[batch, q]`` tensor (every method compressed
+        for that question), or a list aligned with ``methods`` whose None entries compress that method's context
+        alone. The context is computed once: methods that compress it alone are filled as one
+        :meth:`prefill`, and methods scored by a later pass (a question, or a reconstruction scorer's repeat of the
+        context) keep it uncompressed until that pass, which runs once per distinct question (and once for every
+        reconstruction scorer) on a throw-away fork. Only chunked methods (``chunk_size``) are prefilled alone.
+        """
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[1] == 0:
+            shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+            raise ValueError(f"compress_context needs input_ids [batch, tokens] with tokens >= 1, got {shape}")
+        if not methods:
+            raise ValueError("compress_contexts needs at least one method")
+        questions = list(question_ids) if isinstance(question_ids, (list, tuple)) else [question_ids] * len(methods)
+        if len(questions) != len(methods):
+            raise ValueError(f"question_ids has {len(questions)} entries for {len(methods)} methods: give one per "
+                             "method (None compresses that method's context alone)")
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        caches: list[CompressedCache | None] = [None] * len(methods)
+        shared: list[int] = []
+        chunked: list[int] = []
+        passes: dict[object, tuple[torch.Tensor, torch.Tensor, list[int]]] = {}  # pass -> (follow, its mask, users)
+        for i, (method, question) in enumerate(zip(methods, questions, strict=True)):
+            components = method.resolve()
+            if question is not None:
+                self._check_question(input_ids, attention_mask, question, components)
+            if components is not None and components.scorer.reconstruction:
+                if tokenizer is None:
+                    raise ValueError(f"scorer {components.scorer.name!r} needs the tokenizer for its reconstruction "
+                                     "prompt: session.compress_context(ids, tokenizer=tokenizer)")
+                if "reconstruction" not in passes:
+                    ask = tokenizer(RECONSTRUCTION_PROMPT, add_special_tokens=False)["input_ids"]
+                    ask = torch.tensor([ask], dtype=input_ids.dtype, device=input_ids.device).expand(
+                        input_ids.shape[0], -1)
+                    passes["reconstruction"] = (torch.cat([ask, input_ids], dim=1),
+                                                torch.cat([torch.ones_like(ask), mask], dim=1), [])
+                passes["reconstruction"][2].append(i)
+            elif question is not None and components is not None:
+                passes.setdefault(id(question), (question, torch.ones_like(question), []))[2].append(i)
+            elif components is not None and components.chunk_size is not None:
+                chunked.append(i)
+            else:
+                shared.append(i)
+        deferred = [i for _, _, users in passes.values() for i in users]
+        together = shared + deferred
+        if together:
+            for i in together:
+                caches[i] = self.cache(methods[i])
+            for i in deferred:
+                self.compressor(caches[i]).deferred = True
+            self._fill(input_ids, attention_mask, [caches[i] for i in together])
+        for i in chunked:
+            (caches[i],), _ = self.prefill(input_ids, attention_mask, [methods[i]])
+        for key, (follow, follow_mask, users) in passes.items():
+            size = None if key == "reconstruction" else max(self.compressor(caches[i]).window for i in users)
+            queries = self._follow_queries(caches[users[0]], follow, torch.cat([mask, follow_mask], dim=1), size)
+            for i in users:
+                compressor = self.compressor(caches[i])
+                if size is not None:
+                    compressor.compress_with({layer: q[:, :, q.shape[2] - min(compressor.window, q.shape[2]):]
+                                              for layer, q in queries.items()})
+                else:
+                    compressor.compress_with(queries)
+        model, tokens = model_fingerprint(self.model), tokenizer_fingerprint(tokenizer)
+        return [CompressedContext(self, cache, int(self.compressor(cache).real_tokens.max()),
+                                  json.loads(json.dumps(method.describe())), model, tokens)
+                for method, cache in zip(methods, caches, strict=True)]
 
     @staticmethod
     def _check_question(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, question_ids: torch.Tensor,
@@ -320,28 +379,20 @@ class Session:
             raise ValueError("compress_context(question_ids=...) prefills the context whole: drop chunk_size, or "
                              "compress without the question")
 
-    def _compress_scored_by(self, method: Resolvable, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                            follow: torch.Tensor, follow_mask: torch.Tensor, size: int | None) -> CompressedCache:
-        """Prefill the context ``input_ids [batch, n]`` (``attention_mask [batch, n]``) uncompressed, run ``follow
-        [batch, f]`` (``follow_mask [batch, f]``: a reconstruction pass -- a prompt asking to repeat the context, then
-        the context -- or a question) after it on a throw-away fork, and compress the context with the last ``size``
-        (None: all) queries of that pass (:meth:`Compressor.compress_with`)."""
-        cache = self.cache(method)
-        compressor = self.compressor(cache)
-        compressor.deferred = True
-        with torch.no_grad():
-            self.model(input_ids, attention_mask=attention_mask, **cache_kwargs(cache), logits_to_keep=1)
+    def _follow_queries(self, cache: CompressedCache, follow: torch.Tensor, mask: torch.Tensor, size: int | None
+                        ) -> dict[int, torch.Tensor]:
+        """Run ``follow [batch, f]`` after the uncompressed context held by ``cache`` (deferred: it evicts nothing) on a
+        throw-away fork (``mask [batch, held + f]``); per compressed layer, the last ``size`` (None: all) queries
+        of that pass ``[batch, q_heads, min(size, f), head_dim]``."""
         fork = self.fork(cache)
         heads = self.model.config.get_text_config(decoder=True).num_attention_heads
-        for layer_idx in compressor.layers:
+        layers = self.compressor(cache).layers
+        for layer_idx in layers:
             layer = fork.layers[layer_idx]
             layer.track_queries(layer.dense.keys.new_empty(layer.batch, heads, 0, layer.dense.keys.shape[-1]),
                                 follow.shape[1] if size is None else min(size, follow.shape[1]))
-        self.extend(fork, follow, torch.cat([attention_mask, follow_mask], dim=1))
-        queries = {i: fork.layers[i].recent_queries() for i in compressor.layers}
-        del fork
-        compressor.compress_with(queries)
-        return cache
+        self.extend(fork, follow, mask)
+        return {i: fork.layers[i].recent_queries() for i in layers}
 
     def load_context(self, path, *, tokenizer=None) -> CompressedContext:
         """A context saved by ``ctx.save(path)``, for this session's model and method (and ``tokenizer`` when
