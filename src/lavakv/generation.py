@@ -184,25 +184,41 @@ def decode_from_cache(model, cache, first_logits: torch.Tensor, *, max_new_token
         max_new_tokens: at most this many tokens are produced (>= 1).
         stops: end-of-sequence ids (:func:`stop_ids`, plus any others); decoding ends after producing one.
     """
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
     if first_logits.dim() != 2 or first_logits.shape[0] != 1:
         raise ValueError(f"decode_from_cache decodes one sequence: logits [1, vocab], got {tuple(first_logits.shape)}")
+    return decode_batch(model, cache, first_logits, max_new_tokens=max_new_tokens, stops=stops)[0]
+
+
+def decode_batch(model, cache, first_logits: torch.Tensor, *, max_new_tokens: int, stops: set[int]
+                 ) -> list[Decoded]:
+    """Greedy tokens for every row of a filled, unpadded ``cache`` (e.g. :meth:`~lavakv.Session.stack` of several
+    caches), given the logits ``[rows, vocab]`` of its last fed position; one :class:`Decoded` per row.
+
+    As :func:`decode_from_cache` row by row: a row ends after a stop id or ``max_new_tokens`` tokens; the batch
+    runs until every row ended (ended rows keep being fed, their tokens are not kept).
+    """
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+    if first_logits.dim() != 2 or first_logits.shape[0] < 1:
+        raise ValueError(f"decode_batch needs logits [rows, vocab], got {tuple(first_logits.shape)}")
     device = first_logits.device
+    rows = first_logits.shape[0]
     logits = first_logits
-    tokens: list[int] = []
+    tokens: list[list[int]] = [[] for _ in range(rows)]
+    stopped = [False] * rows
     with torch.no_grad():
         while True:
-            token = int(logits[0].argmax())
-            tokens.append(token)
-            if token in stops:
-                return Decoded(tokens, True)
-            if len(tokens) >= max_new_tokens:
-                return Decoded(tokens, False)
+            step = logits.argmax(-1)  # [rows]
+            for row, token in enumerate(step.tolist()):
+                if not stopped[row] and len(tokens[row]) < max_new_tokens:
+                    tokens[row].append(token)
+                    stopped[row] = token in stops
+            if all(s or len(t) >= max_new_tokens for s, t in zip(stopped, tokens, strict=True)):
+                return [Decoded(t, s) for t, s in zip(tokens, stopped, strict=True)]
             past = cache.get_seq_length()
-            out = model(torch.tensor([[token]], device=device), attention_mask=torch.ones(
-                1, past + 1, dtype=torch.long, device=device), position_ids=torch.tensor([[past]], device=device),
-                **cache_kwargs(cache), logits_to_keep=1)
+            out = model(step[:, None], attention_mask=torch.ones(rows, past + 1, dtype=torch.long, device=device),
+                        position_ids=torch.full((rows, 1), past, device=device), **cache_kwargs(cache),
+                        logits_to_keep=1)
             logits = out.logits[:, -1]
 
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicSlidingWindowLayer
 
-from lavakv.cache.storage import DenseKV, RaggedKV
+from lavakv.cache.storage import DenseKV, RaggedKV, compact
 from lavakv.compat import dynamic_layer, layer_types_and_kwargs
 
 # The attention function transformers calls receives the key tensor that ``CompressedLayer.update`` returned, but
@@ -305,6 +305,28 @@ class CompressedLayer(CacheLayerMixin):
             self._register(store.keys, store.values)
         if recent_queries is not None:
             self.track_queries(recent_queries, window)
+
+    @classmethod
+    def stacked(cls, owner, parts: list[tuple[CompressedLayer, torch.Tensor | None]]) -> CompressedLayer:
+        """A layer for ``owner`` holding, row after row, every entry the layers of ``parts`` hold (``(layer,
+        column_valid [batch, columns] or None)``, as :meth:`held_entries` takes) as one compacted prefix standing
+        for all logical columns. The layers must have one logical length; each head keeps its entries in order."""
+        keys, values, lengths = [], [], []
+        for layer, column_valid in parts:
+            k, v, valid = layer.held_entries(column_valid)
+            valid = valid[:, None, :].expand(k.shape[:3]) if valid.dim() == 2 else valid
+            keys.append(k[valid])
+            values.append(v[valid])
+            lengths.append(valid.sum(-1))
+        first = parts[0][0]
+        lengths_all = torch.cat(lengths)
+        storage = compact(torch.cat(keys), torch.cat(values), lengths_all)
+        layer = cls(owner, first.sliding_window)
+        dense = isinstance(storage, DenseKV)
+        layer.restore(storage if dense else (storage, None), kept=lengths_all, prompt_columns=first.logical_length,
+                      compressed=True, logical_length=first.logical_length,
+                      dense_prompt_entries=storage.length if dense else 0, recent_queries=None, window=0)
+        return layer
 
     # -- recent queries (decode-time eviction scores with the last window of queries) ----------------------------
     def track_queries(self, queries: torch.Tensor, size: int) -> None:

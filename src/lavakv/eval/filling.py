@@ -1,4 +1,5 @@
-"""Filling one compressed cache per method from one prompt: a shared exact prefill where methods can share it."""
+"""Filling one compressed cache per method from one prompt (a shared exact prefill where methods can share it), and
+decoding them together."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 import torch
 
+from lavakv.generation import Decoded, decode_batch, decode_from_cache
 from lavakv.methods import Method
 
 
@@ -54,3 +56,28 @@ def fill_caches(session, tokenizer, x: torch.Tensor, methods: list[Method], *, r
             logits = session.extend(cache, x[:, -1:]).logits[:, -1]
         out[i] = (cache, logits, time.perf_counter() - start)
     return out
+
+
+def decode_caches(model, session, caches: list, logits: list[torch.Tensor], *, max_new_tokens: int,
+                  stops: set[int]) -> tuple[list[Decoded], int]:
+    """Greedy answers from ``caches`` (one row each, one logical length; ``logits[i]`` ``[1, vocab]`` of cache
+    ``i``'s last fed position), and how many were decoded together.
+
+    Every cache :meth:`~lavakv.Session.stack` takes is decoded in one batch (:func:`~lavakv.generation.decode_batch`:
+    each row as its own cache up to float rounding, at the cost of about one cache on a CPU whose decode step is
+    bound by reading the weights); the others (``decode_budget`` methods, sliding layers past their window) one by
+    one. The caches themselves are left as they were.
+    """
+    together = [i for i, cache in enumerate(caches) if session.stack_refusal(cache) is None]
+    out: list[Decoded | None] = [None] * len(caches)
+    if len(together) > 1:
+        rows = decode_batch(model, session.stack([caches[i] for i in together]),
+                            torch.cat([logits[i] for i in together]), max_new_tokens=max_new_tokens, stops=stops)
+        for i, row in zip(together, rows, strict=True):
+            out[i] = row
+    else:
+        together = []
+    for i, cache in enumerate(caches):
+        if out[i] is None:
+            out[i] = decode_from_cache(model, cache, logits[i], max_new_tokens=max_new_tokens, stops=stops)
+    return out, len(together)

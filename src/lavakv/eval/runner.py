@@ -51,12 +51,12 @@ from typing import Any
 
 import torch
 
-from lavakv.eval.filling import fill_caches
+from lavakv.eval.filling import decode_caches, fill_caches
 from lavakv.eval.provenance import collect, now
 from lavakv.eval.specs import label_slug, parse_method, slug
 from lavakv.eval.tasks import Task, TaskOptions, build_tasks
 from lavakv.eval.tasks.base import Sample
-from lavakv.generation import decode_from_cache, decode_text, stop_ids
+from lavakv.generation import decode_text, stop_ids
 from lavakv.methods import Method, list_methods
 from lavakv.methods import method as make_method
 
@@ -432,7 +432,9 @@ class _RunState:
 # -- one sample ----------------------------------------------------------------------------------------------------
 def evaluate_sample(model, tokenizer, session, task: Task, sample: Sample, methods: list[Method],
                     query_agnostic: bool) -> list[dict[str, Any]]:
-    """Records of every method on ``sample``: one shared exact prefill, then greedy decoding per cache.
+    """Records of every method on ``sample``: one shared exact prefill, then greedy decoding of every cache in one
+    batch (:func:`~lavakv.eval.filling.decode_caches`; ``decode_seconds`` is that batch's time, the same in each
+    record, and ``decoded_together`` how many caches it held).
 
     Methods that cannot share it are filled on their own: a chunked one (``chunk_size``) by its own chunked prefill,
     a reconstruction scorer's (kvzip) by :meth:`~lavakv.Session.compress_context` over all but the last prompt
@@ -453,15 +455,20 @@ def evaluate_sample(model, tokenizer, session, task: Task, sample: Sample, metho
         if encoded:
             stops.add(int(encoded[-1]))
     filled = fill_caches(session, tokenizer, x, methods)
-    records = []
-    for cache, logits, prefill_seconds in filled:
-        start = time.perf_counter()
-        last = logits
+    states, lasts = [], []
+    for cache, logits, _ in filled:
         stats = session.stats(cache)  # right after the compressed prefill
+        last = logits
         if agnostic:
             last = session.extend(cache, torch.tensor([ids.rest], device=device)).logits[:, -1]
-        resident = cache.resident_kv_bytes()  # when decoding starts (the question included when fed after)
-        decoded = decode_from_cache(model, cache, last, max_new_tokens=sample.max_new_tokens, stops=stops)
+        states.append((stats, cache.resident_kv_bytes()))  # when decoding starts (the question included when fed after)
+        lasts.append(last)
+    start = time.perf_counter()
+    answers, batch = decode_caches(model, session, [c for c, _, _ in filled], lasts,
+                                   max_new_tokens=sample.max_new_tokens, stops=stops)
+    decode_seconds = time.perf_counter() - start
+    records = []
+    for (_, _, prefill_seconds), (stats, resident), decoded in zip(filled, states, answers, strict=True):
         prediction = decode_text(tokenizer, decoded.tokens)
         records.append({
             "prediction": prediction,
@@ -475,7 +482,8 @@ def evaluate_sample(model, tokenizer, session, task: Task, sample: Sample, metho
             "new_tokens": len(decoded.tokens),
             "stopped": decoded.stopped,
             "prefill_seconds": prefill_seconds,
-            "decode_seconds": time.perf_counter() - start,
+            "decode_seconds": decode_seconds,
+            "decoded_together": batch,
             "query_mode": "query-agnostic" if agnostic else "query-aware",
         })
     return records

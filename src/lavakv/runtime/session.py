@@ -394,6 +394,52 @@ class Session:
         self.extend(fork, follow, mask)
         return {i: fork.layers[i].recent_queries() for i in layers}
 
+    def stack(self, caches: list[CompressedCache]) -> CompressedCache:
+        """One cache holding ``caches`` as consecutive rows, to continue them in one batch (e.g.
+        :func:`lavakv.generation.decode_batch` over the caches of several methods, or the forks of one context).
+
+        Every cache must be this session's, filled without padding, and at one logical length. The stacked cache
+        holds a copy of what each holds, every layer as one compacted prefix (ragged unless all heads hold the
+        same count), and compresses nothing more: each row continues as its cache would, up to float rounding of
+        the batched computation. Caches whose method has ``decode_budget`` are refused (their eviction would stop).
+        """
+        if not caches:
+            raise ValueError("stack needs at least one cache")
+        for cache in caches:
+            refusal = self.stack_refusal(cache)
+            if refusal is not None:
+                raise ValueError(f"stack: {refusal}")
+        length = caches[0].get_seq_length()
+        if any(cache.get_seq_length() != length for cache in caches):
+            raise ValueError(f"stack: caches hold different lengths ({sorted({c.get_seq_length() for c in caches})} "
+                             "tokens); stack caches of one length only")
+        stacked = CompressedCache(self.model.config, self)
+        for index in range(len(stacked.layers)):
+            stacked.layers[index] = CompressedLayer.stacked(stacked, [
+                (cache.layers[index], self.compressor(cache).valid) for cache in caches])
+        compressor = Compressor(None, stacked, rope=self._rope)
+        self._compressors[stacked] = compressor
+        compressor.start_prompt(torch.ones(sum(c.layers[0].batch for c in caches), length, dtype=torch.bool,
+                                           device=caches[0].layers[0].device))
+        compressor.prefilling = False
+        return stacked
+
+    def stack_refusal(self, cache: CompressedCache) -> str | None:
+        """Why :meth:`stack` cannot take ``cache`` (a sentence), or None when it can."""
+        compressor = self.compressor(cache)
+        if compressor.real_tokens is None:
+            return "a cache holds nothing yet; prefill every cache first"
+        if compressor.components is not None and compressor.components.decode_budget is not None:
+            return (f"{compressor.components.name!r} evicts while decoding (decode_budget), which a stacked cache does "
+                    "not do; decode that cache on its own")
+        if not bool(compressor.valid.all()):
+            return "a cache holds a left-padded batch; stack unpadded caches only"
+        for index, layer in enumerate(cache.layers):
+            if not (isinstance(layer, CompressedLayer) and layer.compressible):
+                return (f"layer {index} is not a compressed attention layer (a sliding layer past its window, or "
+                        "another layer kind); decode such caches one by one")
+        return None
+
     def load_context(self, path, *, tokenizer=None) -> CompressedContext:
         """A context saved by ``ctx.save(path)``, for this session's model and method (and ``tokenizer`` when
         given); anything else is refused with the difference named."""

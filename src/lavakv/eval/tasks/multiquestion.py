@@ -39,7 +39,7 @@ import torch
 from lavakv.eval.metrics import ruler_postprocess, string_match_all
 from lavakv.eval.tasks.base import Sample, Task, TaskOptions, resolve
 from lavakv.eval.tasks.ruler_templates import NEEDLE, NIAH_ANSWER, NIAH_QUERY, distinct_values
-from lavakv.generation import count_tokens, decode_from_cache, decode_text, encode_prompt, stop_ids
+from lavakv.generation import count_tokens, decode_batch, decode_from_cache, decode_text, encode_prompt, stop_ids
 
 SUBTASKS = ["keys", "niah_multiquery"]
 DEFAULT_LENGTHS = [4096]
@@ -172,34 +172,58 @@ class MultiQuestionTask(Task):
         device = next(model.parameters()).device
         x = torch.tensor([context_ids], device=device)
         first = torch.tensor([prompts[0].rest], device=device)
-        stops = stop_ids(model, tokenizer)
         guided = [not query_agnostic and c is not None and c.scorer.window_attention and c.chunk_size is None
                   for c in (m.resolve() for m in methods)]
         start = time.perf_counter()
         contexts = session.compress_contexts(x, methods, tokenizer=tokenizer,
                                              question_ids=[first if g else None for g in guided])
         prefill_seconds = time.perf_counter() - start  # one shared prefill (and pass) for every method
+        start = time.perf_counter()
+        answers = self._answer(model, session, contexts, prompts, [value for _, _, value in sample.payload],
+                               sample.max_new_tokens, device)
+        decode_seconds = time.perf_counter() - start
         records = []
-        for ctx, asked in zip(contexts, guided, strict=True):
+        for ctx, asked, (own, together) in zip(contexts, guided, answers, strict=True):
             stats = session.stats(ctx.cache)
-            start = time.perf_counter()
-            answers = []
-            for prompt, (_, _, value) in zip(prompts, sample.payload, strict=True):
-                cache = ctx.fork()
-                logits = session.extend(cache, torch.tensor([prompt.rest], device=device)).logits[:, -1].float()
-                decoded = decode_from_cache(model, cache, logits, max_new_tokens=sample.max_new_tokens, stops=stops)
-                text = decode_text(tokenizer, decoded.tokens)
-                answers.append({"prediction": text, "score": string_match_all(ruler_postprocess(text), [value])})
-                del cache
-            scores = [a["score"] for a in answers]
+            scores = [a["score"] for a in own]
             records.append({
                 "scores": {"all": statistics.fmean(scores), "first": scores[0],
                            "later": statistics.fmean(scores[1:])},
-                "answers": answers,
+                "answers": own,
                 "compression": "for the first question" if asked else "context alone",
                 "prompt_tokens": len(context_ids) + len(prompts[0].rest), "compressed_tokens": len(context_ids),
                 "kept_entries": stats.kept_entries, "resident_kv_bytes": stats.resident_kv_bytes,
                 "uncompressed_kv_bytes": stats.uncompressed_kv_bytes, "prefill_seconds": prefill_seconds,
-                "decode_seconds": time.perf_counter() - start,
+                "decode_seconds": decode_seconds, "decoded_together": together,
             })
         return records
+
+    def _answer(self, model, session, contexts: list, prompts: list, values: list[str], max_new_tokens: int,
+                device) -> list[tuple[list[dict[str, Any]], int]]:
+        """Per context, its answer to every question (each from a fork of it) and how many contexts were decoded
+        together: every context :meth:`~lavakv.Session.stack` takes is stacked once, and each question is fed
+        through a fork of that stack and decoded in one batch (each row as its own fork, up to float rounding)."""
+        tokenizer = self.tokenizer
+        stops = stop_ids(model, tokenizer)
+        together = [i for i, ctx in enumerate(contexts) if session.stack_refusal(ctx.cache) is None]
+        together = together if len(together) > 1 else []
+        stacked = session.stack([contexts[i].cache for i in together]) if together else None
+        answers: list[list[dict[str, Any]]] = [[] for _ in contexts]
+        for prompt, value in zip(prompts, values, strict=True):
+            question = torch.tensor([prompt.rest], device=device)
+            decoded: dict[int, Any] = {}
+            if stacked is not None:
+                fork = session.fork(stacked)
+                logits = session.extend(fork, question.expand(len(together), -1)).logits[:, -1].float()
+                rows = decode_batch(model, fork, logits, max_new_tokens=max_new_tokens, stops=stops)
+                decoded.update(zip(together, rows, strict=True))
+                del fork
+            for i, ctx in enumerate(contexts):
+                if i not in decoded:
+                    cache = ctx.fork()
+                    logits = session.extend(cache, question).logits[:, -1].float()
+                    decoded[i] = decode_from_cache(model, cache, logits, max_new_tokens=max_new_tokens, stops=stops)
+            for i in range(len(contexts)):
+                text = decode_text(tokenizer, decoded[i].tokens)
+                answers[i].append({"prediction": text, "score": string_match_all(ruler_postprocess(text), [value])})
+        return [(own, len(together) if i in together else 1) for i, own in enumerate(answers)]
