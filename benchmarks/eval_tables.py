@@ -3,6 +3,7 @@
     python benchmarks/eval_tables.py benchmarks/results/eval/fidelity_smollm2_4k > table.md
     python benchmarks/eval_tables.py --by-task benchmarks/results/eval/qwen_ruler_code_4k   # tasks as columns
     python benchmarks/eval_tables.py --against 'lava[alpha=0]' DIR    # paired differences within one preset
+    python benchmarks/eval_tables.py --by-depth DIR    # needle: found / prompts per depth, per method and budget
 
 Every number comes from the runs' metrics.json files; nothing is typed by hand. A method is named by its label
 (``lava``, ``lava[alpha=0.2]``: ``lavakv eval --methods`` entries with options), read from the run's config.json by
@@ -130,6 +131,30 @@ def paired_tables(dirs: list[str], against: str, metrics: tuple[str, ...]) -> st
     return "\n".join(out)
 
 
+def depth_table(dirs: list[str]) -> str:
+    """Needle runs: per method and budget, the prompts answered exactly at each depth (``meta.depth`` of every
+    record), and the total."""
+    cells: dict[tuple, dict] = defaultdict(lambda: defaultdict(list))
+    for d in dirs:
+        for path in sorted(Path(d).glob("*/predictions.jsonl")):
+            config = json.loads((path.parent / "config.json").read_text())
+            if config["task"] != "needle":
+                continue
+            key = (method_label(config), config["method"].get("budget"))
+            for line in path.read_text().splitlines():
+                record = json.loads(line)
+                cells[key][record["meta"]["depth"]].append(record["scores"]["exact"])
+    depths = sorted({depth for row in cells.values() for depth in row})
+    lines = ["| method | budget | " + " | ".join(f"depth {d:g}" for d in depths) + " | all |",
+             "|---" * (len(depths) + 3) + "|"]
+    for (label, budget), row in sorted(cells.items(), key=lambda item: (label_order(item[0][0]), item[0][1] or 0)):
+        found = [f"{int(sum(row[d]))}/{len(row[d])}" if d in row else "-" for d in depths]
+        total = [v for d in depths for v in row.get(d, [])]
+        lines.append(f"| {label} | {budget if budget is not None else '-'} | " + " | ".join(found)
+                     + f" | {int(sum(total))}/{len(total)} |")
+    return "\n".join(lines)
+
+
 def _fmt(value, digits: int = 3) -> str:
     if value is None:
         return "-"
@@ -139,6 +164,9 @@ def _fmt(value, digits: int = 3) -> str:
 def main() -> None:
     if sys.argv[1:2] == ["--against"]:  # paired differences against one label, within its preset
         print(paired_tables(sys.argv[3:], sys.argv[2], ("kl", "top1_agreement", "attention_error")))
+        return
+    if sys.argv[1:2] == ["--by-depth"]:
+        print(depth_table(sys.argv[2:]))
         return
     if sys.argv[1:2] == ["--by-task"]:  # one score table per budget, tasks as columns
         rows = load(sys.argv[2:])
