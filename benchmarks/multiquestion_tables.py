@@ -6,7 +6,8 @@ Per subtask and kept fraction: each method's ``first`` (the question a query-awa
 ``later`` (the mean over the other questions) and ``all`` scores with 95 % bootstrap intervals over documents; the
 paired ``later - first`` within the method (what the other questions lose); and ``all`` paired against each other
 method (``lavakv report --against``'s pairing and bootstrap). Every number comes from the runs' files; nothing is
-typed by hand. Only finished runs are read, over the documents every run of the subtask has.
+typed by hand. Every recorded document is read (finished runs or not, shards of a spread run included), over
+the documents every run of the subtask has.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import sys
 from collections import defaultdict
 
 from lavakv.eval.intervals import bootstrap_interval, paired_comparison
-from lavakv.eval.report import find_runs, load_run, method_label
+from lavakv.eval.report import _sample_scores, find_runs, load_run, method_label, read_records
+from lavakv.eval.runner import prediction_files
 
 
 def _cell(interval) -> str:
@@ -36,7 +38,13 @@ def _paired(candidate: dict, reference: dict) -> str:
 
 
 def tables(dirs: list[str]) -> str:
-    runs = [run for run in map(load_run, find_runs(dirs)) if run["metrics"] is not None]
+    runs = []
+    for directory in find_runs(dirs):  # finished or not: every sample recorded so far (shards of a spread run too)
+        run = load_run(directory)
+        records = [r for path in prediction_files(directory) for r in read_records(path)]
+        run["scores"] = _sample_scores(directory, run["config"], None, records)[1]
+        if run["scores"]:
+            runs.append(run)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for run in runs:
         config = run["config"]
