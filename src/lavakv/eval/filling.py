@@ -64,9 +64,9 @@ def decode_caches(model, session, caches: list, logits: list[torch.Tensor], *, m
     ``i``'s last fed position), and how many were decoded together.
 
     Every cache :meth:`~lavakv.Session.stack` takes is decoded in one batch (:func:`~lavakv.generation.decode_batch`:
-    each row as its own cache up to float rounding, at the cost of about one cache on a CPU whose decode step is
-    bound by reading the weights); the others (``decode_budget`` methods, sliding layers past their window) one by
-    one. The caches themselves are left as they were.
+    each row as its own cache up to float rounding; benchmarks/batched_decode.py measures the gain); the others
+    (``decode_budget`` methods, sliding layers past their window) one by one. The caches themselves are left as they
+    were.
     """
     together = [i for i, cache in enumerate(caches) if session.stack_refusal(cache) is None]
     out: list[Decoded | None] = [None] * len(caches)
