@@ -100,3 +100,17 @@ def test_bad_stacks_are_refused():
         (evicting,), _ = session.prefill(ids[:1], None, [bounded])
         with pytest.raises(ValueError, match="decode_budget"):
             session.stack([long, evicting])
+
+
+def test_decode_batch_refuses_padding_and_a_row_mismatch():
+    model = tiny_model("llama", layers=2)
+    ids = torch.randint(0, 97, (2, 30), generator=torch.Generator().manual_seed(6))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    with lavakv.method("full").attach(model) as session:
+        (padded,), logits = session.prefill(ids, mask, [lavakv.method("full")])
+        with pytest.raises(ValueError, match="unpadded cache"):
+            decode_batch(model, padded, logits, max_new_tokens=2, stops=set())
+        (plain,), logits = session.prefill(ids, None, [lavakv.method("full")])
+        with pytest.raises(ValueError, match="one row per logits row"):
+            decode_batch(model, plain, logits[:1], max_new_tokens=2, stops=set())

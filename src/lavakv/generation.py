@@ -28,6 +28,7 @@ from typing import NamedTuple
 import torch
 from tqdm.auto import tqdm
 
+from lavakv.cache import CompressedCache
 from lavakv.compat import cache_kwargs
 from lavakv.methods import Method
 from lavakv.methods import method as make_method
@@ -201,6 +202,14 @@ def decode_batch(model, cache, first_logits: torch.Tensor, *, max_new_tokens: in
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
     if first_logits.dim() != 2 or first_logits.shape[0] < 1:
         raise ValueError(f"decode_batch needs logits [rows, vocab], got {tuple(first_logits.shape)}")
+    if isinstance(cache, CompressedCache):  # a lavakv cache knows its rows and their padding: refuse a mismatch
+        valid = cache.owner.compressor(cache).valid
+        if valid is not None and (valid.shape[0] != first_logits.shape[0] or not bool(valid.all())):
+            raise ValueError(
+                f"decode_batch feeds every row at one position without a padding mask: it needs an unpadded cache "
+                f"with one row per logits row (cache: {valid.shape[0]} rows, padded: {not bool(valid.all())}; "
+                f"logits: {first_logits.shape[0]} rows); decode a padded batch with model.generate"
+            )
     device = first_logits.device
     rows = first_logits.shape[0]
     logits = first_logits

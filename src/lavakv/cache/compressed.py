@@ -435,6 +435,11 @@ class CompressedCache(Cache):
                 layers.append(dynamic_layer(text_config, index, layer_type, kwargs))
         super().__init__(layers=layers)
 
+    @property
+    def owner(self):
+        """The session that made this cache."""
+        return self._owner
+
     def check_usable(self) -> None:
         """Raise unless the session that made this cache is still attached."""
         self._owner.check_cache_usable(self)

@@ -58,26 +58,32 @@ def fill_caches(session, tokenizer, x: torch.Tensor, methods: list[Method], *, r
     return out
 
 
-def decode_caches(model, session, caches: list, logits: list[torch.Tensor], *, max_new_tokens: int,
-                  stops: set[int]) -> tuple[list[Decoded], int]:
-    """Greedy answers from ``caches`` (one row each, one logical length; ``logits[i]`` ``[1, vocab]`` of cache
-    ``i``'s last fed position), and how many were decoded together.
+def decode_caches(model, session, caches: list, *, logits: list[torch.Tensor] | None = None,
+                  question: torch.Tensor | None = None, max_new_tokens: int, stops: set[int]
+                  ) -> tuple[list[Decoded], int]:
+    """Greedy answers from ``caches`` (one row each, one logical length), and how many were decoded together.
 
-    Every cache :meth:`~lavakv.Session.stack` takes is decoded in one batch (:func:`~lavakv.generation.decode_batch`:
-    each row as its own cache up to float rounding; benchmarks/batched_decode.py measures the gain); the others
-    (``decode_budget`` methods, sliding layers past their window) one by one. The caches themselves are left as they
-    were.
+    Decoding starts from ``logits[i]`` (``[1, vocab]`` of cache ``i``'s last fed position) or, with ``question``
+    (``[1, q]`` ids) instead, after feeding that question through every cache. Every cache :meth:`~lavakv.Session.stack`
+    takes is decoded in one batch (:func:`~lavakv.generation.decode_batch`: each row as its own cache up to float
+    rounding; benchmarks/batched_decode.py measures the gain); the others (``decode_budget`` methods, sliding layers
+    past their window) one by one, each from a fork. The caches themselves are left as they were.
     """
+    if (logits is None) == (question is None):
+        raise ValueError("decode_caches starts from logits= (one per cache) or question=, exactly one of them")
     together = [i for i, cache in enumerate(caches) if session.stack_refusal(cache) is None]
+    together = together if len(together) > 1 else []
     out: list[Decoded | None] = [None] * len(caches)
-    if len(together) > 1:
-        rows = decode_batch(model, session.stack([caches[i] for i in together]),
-                            torch.cat([logits[i] for i in together]), max_new_tokens=max_new_tokens, stops=stops)
+    if together:
+        stacked = session.stack([caches[i] for i in together])
+        first = (torch.cat([logits[i] for i in together]) if question is None else
+                 session.extend(stacked, question.expand(len(together), -1)).logits[:, -1])
+        rows = decode_batch(model, stacked, first, max_new_tokens=max_new_tokens, stops=stops)
         for i, row in zip(together, rows, strict=True):
             out[i] = row
-    else:
-        together = []
     for i, cache in enumerate(caches):
         if out[i] is None:
-            out[i] = decode_from_cache(model, cache, logits[i], max_new_tokens=max_new_tokens, stops=stops)
-    return out, len(together)
+            fork = session.fork(cache)
+            first = logits[i] if question is None else session.extend(fork, question).logits[:, -1]
+            out[i] = decode_from_cache(model, fork, first, max_new_tokens=max_new_tokens, stops=stops)
+    return out, len(together) or 1

@@ -464,7 +464,7 @@ def evaluate_sample(model, tokenizer, session, task: Task, sample: Sample, metho
         states.append((stats, cache.resident_kv_bytes()))  # when decoding starts (the question included when fed after)
         lasts.append(last)
     start = time.perf_counter()
-    answers, batch = decode_caches(model, session, [c for c, _, _ in filled], lasts,
+    answers, batch = decode_caches(model, session, [c for c, _, _ in filled], logits=lasts,
                                    max_new_tokens=sample.max_new_tokens, stops=stops)
     decode_seconds = time.perf_counter() - start
     records = []

@@ -36,10 +36,11 @@ from typing import Any
 
 import torch
 
+from lavakv.eval.filling import decode_caches
 from lavakv.eval.metrics import ruler_postprocess, string_match_all
 from lavakv.eval.tasks.base import Sample, Task, TaskOptions, resolve
 from lavakv.eval.tasks.ruler_templates import NEEDLE, NIAH_ANSWER, NIAH_QUERY, distinct_values
-from lavakv.generation import count_tokens, decode_batch, decode_from_cache, decode_text, encode_prompt, stop_ids
+from lavakv.generation import count_tokens, decode_text, encode_prompt, stop_ids
 
 SUBTASKS = ["keys", "niah_multiquery"]
 DEFAULT_LENGTHS = [4096]
@@ -200,30 +201,17 @@ class MultiQuestionTask(Task):
 
     def _answer(self, model, session, contexts: list, prompts: list, values: list[str], max_new_tokens: int,
                 device) -> list[tuple[list[dict[str, Any]], int]]:
-        """Per context, its answer to every question (each from a fork of it) and how many contexts were decoded
-        together: every context :meth:`~lavakv.Session.stack` takes is stacked once, and each question is fed
-        through a fork of that stack and decoded in one batch (each row as its own fork, up to float rounding)."""
-        tokenizer = self.tokenizer
-        stops = stop_ids(model, tokenizer)
-        together = [i for i, ctx in enumerate(contexts) if session.stack_refusal(ctx.cache) is None]
-        together = together if len(together) > 1 else []
-        stacked = session.stack([contexts[i].cache for i in together]) if together else None
+        """Per context, its answer to every question and how many contexts were decoded together: each question is
+        fed through every context and decoded in one batch (:func:`~lavakv.eval.filling.decode_caches`; each row as
+        its own fork of its context, up to float rounding)."""
+        stops = stop_ids(model, self.tokenizer)
         answers: list[list[dict[str, Any]]] = [[] for _ in contexts]
+        together = 1
         for prompt, value in zip(prompts, values, strict=True):
-            question = torch.tensor([prompt.rest], device=device)
-            decoded: dict[int, Any] = {}
-            if stacked is not None:
-                fork = session.fork(stacked)
-                logits = session.extend(fork, question.expand(len(together), -1)).logits[:, -1].float()
-                rows = decode_batch(model, fork, logits, max_new_tokens=max_new_tokens, stops=stops)
-                decoded.update(zip(together, rows, strict=True))
-                del fork
-            for i, ctx in enumerate(contexts):
-                if i not in decoded:
-                    cache = ctx.fork()
-                    logits = session.extend(cache, question).logits[:, -1].float()
-                    decoded[i] = decode_from_cache(model, cache, logits, max_new_tokens=max_new_tokens, stops=stops)
-            for i in range(len(contexts)):
-                text = decode_text(tokenizer, decoded[i].tokens)
-                answers[i].append({"prediction": text, "score": string_match_all(ruler_postprocess(text), [value])})
-        return [(own, len(together) if i in together else 1) for i, own in enumerate(answers)]
+            decoded, together = decode_caches(model, session, [ctx.cache for ctx in contexts],
+                                              question=torch.tensor([prompt.rest], device=device),
+                                              max_new_tokens=max_new_tokens, stops=stops)
+            for own, row in zip(answers, decoded, strict=True):
+                text = decode_text(self.tokenizer, row.tokens)
+                own.append({"prediction": text, "score": string_match_all(ruler_postprocess(text), [value])})
+        return [(own, together) for own in answers]
