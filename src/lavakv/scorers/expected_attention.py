@@ -1,5 +1,5 @@
-"""Expected attention: the attention future queries are expected to pay, predicted from the recent ones and RoPE
-(Devoto et al., 2025, "Expected Attention"; query-agnostic, docs/methods.md)."""
+"""Expected attention: the attention future queries are expected to pay, predicted from the statistics of the
+prompt's queries and RoPE (Devoto et al., 2025, "Expected Attention", §3; query-agnostic, docs/methods.md)."""
 
 from __future__ import annotations
 
@@ -9,56 +9,90 @@ from lavakv.scorers.base import ScoringInputs
 from lavakv.scorers.pooling import reduce_groups
 from lavakv.validity import any_head
 
+#: where the query statistics come from: every prompt query past the sinks (the authors' code, kvpress), or only
+#: the observation window's queries (lavakv's first formulation, kept to reproduce records made with it)
+STATISTICS = ("prompt", "window")
 
-def expected_attention_scores(inputs: ScoringInputs, *, horizon: int = 512, values: bool = True) -> torch.Tensor:
+
+def expected_attention_scores(
+    inputs: ScoringInputs, *, horizon: int = 512, values: bool = True, statistics: str = "prompt", n_sink: int = 4
+) -> torch.Tensor:
     """Score each key by the attention the next ``horizon`` queries are expected to give it.
 
-    Future queries are modelled from the window's queries q_j (post-RoPE, at the last w positions): a query like q_j
-    asked d positions later is R(d) q_j (RoPE is a rotation by d * theta in each rotate-half plane), so averaging
-    the rotation over the offsets to the next ``horizon`` positions gives each window query's expected future
-    query m_j (the paper's averaged rotation). Over the window, the future query is Gaussian with mean mu = mean_j
-    m_j and covariance Sigma = cov_j m_j, per query head. For a Gaussian query the expected exponentiated logit is
+    The paper (§3) models the hidden states, hence the queries, as Gaussian. A query q_c seen at column c, asked
+    again at future position n + t, is R(n + t - c) q_c (RoPE rotates each rotate-half plane by its angle; only
+    the offset matters, so left padding and compacted caches give the same result). Averaging the rotation over
+    t in [0, ``horizon``) gives the averaged rotation R_avg(n) applied to u_c = R(-c) q_c, so the future query is
+    Gaussian with mean mu = R_avg E[u] and covariance Sigma = R_avg Cov[u] R_avg^T, per query head, over the
+    queries ``statistics`` names: ``"prompt"`` = every query the layer computed (the whole prompt at an exact
+    prefill, the chunk at a chunked one) except the first ``n_sink`` real tokens (the authors' kvpress code);
+    ``"window"`` = the last w queries only. For a Gaussian query the expected exponentiated logit is
     exp(s k.mu + s^2 k^T Sigma k / 2) (s the softmax scale); normalised over the layer's real keys this is the
     expected attention, averaged over each KV head's query group, times the key's value L2 norm when ``values``.
+    The first ``n_sink`` real entries of each head (attention sinks) get the layer's highest score, so every
+    allocation keeps them (kvpress keeps them too); ``n_sink=0`` turns that off.
 
     Args:
-        inputs: uses :meth:`ScoringInputs.window_queries`, ``keys``, ``values`` and ``rope_inv_freq`` (required).
+        inputs: uses ``queries`` (or :meth:`ScoringInputs.window_queries`), ``keys``, ``values``, ``valid`` and
+            ``rope_inv_freq`` (required).
         horizon: future positions averaged over (>= 1).
         values: multiply by ||v_i||_2 (an entry's contribution to the output scales with its value's norm).
+        statistics: ``"prompt"`` or ``"window"`` (see above).
+        n_sink: leading real tokens left out of the statistics and always kept (>= 0).
 
-    Returns float32 ``[batch, kv_heads, tokens]``: +inf on the window, -inf on padding. Computed in float32.
+    Returns float32 ``[batch, kv_heads, tokens]``: +inf on the window, -inf on padding. Computed in float32 (the
+    rotation angles in float64).
     """
     if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
         raise ValueError(f"horizon must be an integer >= 1 (future positions), got {horizon!r}")
+    if statistics not in STATISTICS:
+        raise ValueError(f"statistics must be one of {', '.join(map(repr, STATISTICS))}, got {statistics!r}")
+    if isinstance(n_sink, bool) or not isinstance(n_sink, int) or n_sink < 0:
+        raise ValueError(f"n_sink must be an integer >= 0 (leading tokens kept; 0 = none), got {n_sink!r}")
     freq = inputs.rope_inv_freq
     if freq is None:
         raise ValueError(
             "the expected-attention scorer needs the model's RoPE frequencies, which lavakv did not find on this "
             "model (no rotary_emb module); use another scorer"
         )
-    q = inputs.window_queries().float()  # [b, hq, w, d]
-    b, hq, w, d = q.shape
+    q = (inputs.queries if statistics == "prompt" else inputs.window_queries()).float()  # [b, hq, m, d]
+    b, hq, m, d = q.shape
+    n = inputs.tokens
     half = freq.numel()
     if 2 * half > d:
         raise ValueError(f"RoPE frequencies ({half}) do not fit the head dimension ({d})")
-    freq = freq.to(q.device, torch.float32)
-    # offset from window query j (position n - w + j) to future position n + t: (w - j) + t
-    offsets = (w - torch.arange(w, device=q.device, dtype=torch.float32))[:, None] + torch.arange(
-        horizon, device=q.device, dtype=torch.float32)[None, :]  # [w, horizon]
-    angles = offsets[..., None] * freq  # [w, horizon, half]
-    cos, sin = angles.cos().mean(1), angles.sin().mean(1)  # [w, half]: the averaged rotation
-    x1, x2 = q[..., :half], q[..., half : 2 * half]
-    future = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, q[..., 2 * half :]], dim=-1)  # [b, hq, w, d]
 
-    real = any_head(inputs.valid)[:, -w:].to(q.device).float()[:, None, :, None]  # [b, 1, w, 1] real window queries
+    # u_c = R(-c) q_c, c the query's column: the queries are those of the last m columns
+    columns = torch.arange(n - m, n, device=q.device, dtype=torch.float64)
+    freq64 = freq.to(q.device, torch.float64)
+    back = columns[:, None] * freq64  # [m, half]
+    cos, sin = back.cos().float(), back.sin().float()
+    x1, x2 = q[..., :half], q[..., half : 2 * half]
+    u = torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin, q[..., 2 * half :]], dim=-1)  # [b, hq, m, d]
+
+    real_tokens = any_head(inputs.valid).to(q.device)  # [b, n]
+    sinks = real_tokens & (torch.cumsum(real_tokens.long(), dim=-1) <= n_sink)
+    real = (real_tokens & ~sinks)[:, n - m :].float()[:, None, :, None]  # [b, 1, m, 1] queries counted
+    if statistics == "prompt" and not bool(real.any()):  # a chunk of sinks only: fall back to every real query
+        real = real_tokens[:, n - m :].float()[:, None, :, None]
     count = real.sum(2, keepdim=True).clamp_min(1.0)
-    mu = (future * real).sum(2, keepdim=True) / count  # [b, hq, 1, d]
-    centred = (future - mu) * real
-    sigma = centred.transpose(-1, -2) @ centred / count  # [b, hq, d, d]
+    mean_u = (u * real).sum(2, keepdim=True) / count  # [b, hq, 1, d]
+    centred = (u - mean_u) * real
+    cov_u = centred.transpose(-1, -2) @ centred / count  # [b, hq, d, d]
+
+    ahead = (n + torch.arange(horizon, device=q.device, dtype=torch.float64))[:, None] * freq64  # [horizon, half]
+    mean_cos, mean_sin = ahead.cos().mean(0).float(), ahead.sin().mean(0).float()  # R_avg, per plane
+    rotation = torch.eye(d, device=q.device, dtype=torch.float32)
+    planes = torch.arange(half, device=q.device)
+    rotation[planes, planes] = mean_cos
+    rotation[planes + half, planes + half] = mean_cos
+    rotation[planes, planes + half] = -mean_sin
+    rotation[planes + half, planes] = mean_sin
+    mu = mean_u @ rotation.T  # [b, hq, 1, d]
+    sigma = rotation @ cov_u @ rotation.T  # [b, hq, d, d]
 
     g = inputs.group_size
     keys = inputs.keys.float()  # [b, h_kv, n, d]
-    n = keys.shape[2]
     keys_q = keys[:, :, None].expand(b, inputs.kv_heads, g, n, d).reshape(b, hq, n, d)  # query head h -> KV h // G
     s = inputs.scaling
     logits = s * (keys_q @ mu.transpose(-1, -2)).squeeze(-1) + 0.5 * s * s * ((keys_q @ sigma) * keys_q).sum(-1)
@@ -67,4 +101,9 @@ def expected_attention_scores(inputs: ScoringInputs, *, horizon: int = 512, valu
     scores = reduce_groups(attention, inputs.kv_heads, "mean")  # [b, h_kv, n]
     if values:
         scores = scores * torch.linalg.vector_norm(inputs.values, ord=2, dim=-1, dtype=torch.float32)
+    if n_sink:
+        held = inputs.key_valid(inputs.kv_heads)  # [b, 1 or h_kv, n]
+        first = held & (torch.cumsum(held.long(), dim=-1) <= n_sink)  # each head's first real entries
+        top = scores.masked_fill(~held, float("-inf")).amax(dim=(1, 2), keepdim=True)  # [b, 1, 1]
+        scores = torch.where(first, top, scores)
     return inputs.finalize(scores)
