@@ -2,13 +2,15 @@
 # Issue #14, several questions from one compressed context (task multiquestion, docs/evaluation.md).
 # Query-aware: snapkv and lava compress the context for the first question; expected-attention and kvzip (and
 # their LAVa-budget presets) compress it alone. Ratios 0.75 and 0.9 keep 25 % and 10 % of the context.
-# Resumable: rerun with a larger --samples to extend every run in place.
+# TASK=multiquestion:niah_multiquery runs RULER's essays instead of the generated keys (run directories are named
+# after the subtask, so both share one directory). Resumable: rerun with a larger --samples to extend every run.
 set -euo pipefail
 cd "$(dirname "$0")/../../../.."
 MODEL=${MODEL:-smollm2-135m}
 LENGTH=${LENGTH:-2048}
 SAMPLES=${SAMPLES:-10}
-lavakv eval --model "$MODEL" --task multiquestion \
+TASK=${TASK:-multiquestion}
+lavakv eval --model "$MODEL" --task "$TASK" \
   --methods full,snapkv,lava,expected-attention,lava-ea,kvzip,lava-kvzip \
   --compression-ratios 0.75,0.9 --lengths "$LENGTH" --samples "$SAMPLES" \
   --out "benchmarks/results/eval/multiquestion/${MODEL}_${LENGTH}"
