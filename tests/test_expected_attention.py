@@ -8,7 +8,7 @@ from conftest import prompt, tiny_model
 
 import lavakv
 from lavakv.allocation.heads import adaptive_heads, uniform_heads
-from lavakv.scorers import ScoringInputs, expected_attention_scores
+from lavakv.scorers import ScoringInputs, expected_attention, expected_attention_scores
 
 
 def _rotation(freq: torch.Tensor, offset: float, dim: int) -> torch.Tensor:
@@ -72,7 +72,10 @@ def _inputs(b=2, hq=4, h=2, n=20, d=8, w=3, pad=(0, 0), queries=None, seed=3) ->
 @pytest.mark.parametrize("values", [True, False])
 @pytest.mark.parametrize("n_sink", [0, 4])
 @pytest.mark.parametrize("shape", [dict(), dict(pad=(0, 5)), dict(queries=7)], ids=["full", "padded", "last-7"])
-def test_matches_float64_reference(statistics, values, n_sink, shape):
+@pytest.mark.parametrize("block", [1024, 6])
+def test_matches_float64_reference(statistics, values, n_sink, shape, block, monkeypatch):
+    """Also with queries and keys processed in blocks of 6 (several blocks, the last one partial)."""
+    monkeypatch.setattr(expected_attention, "_BLOCK", block)
     inputs = _inputs(**shape)
     got = expected_attention_scores(inputs, horizon=6, values=values, statistics=statistics, n_sink=n_sink)
     torch.testing.assert_close(got.double(), _reference(inputs, 6, values, statistics, n_sink), rtol=1e-4, atol=1e-6)

@@ -12,6 +12,19 @@ from lavakv.validity import any_head
 #: where the query statistics come from: every prompt query past the sinks (the authors' code, kvpress), or only
 #: the observation window's queries (lavakv's first formulation, kept to reproduce records made with it)
 STATISTICS = ("prompt", "window")
+_BLOCK = 1024  # queries rotated back, or keys scored, at once (memory only)
+
+
+def _back(q: torch.Tensor, freq64: torch.Tensor, first: int, start: int) -> torch.Tensor:
+    """u_c = R(-c) q_c for the queries ``q[:, :, start : start + _BLOCK]`` (float32 ``[b, hq, block, d]``), the
+    query at index i sitting at column ``first + i``; angles in float64."""
+    block = q[:, :, start : start + _BLOCK].float()
+    half = freq64.numel()
+    columns = torch.arange(first + start, first + start + block.shape[2], device=q.device, dtype=torch.float64)
+    angles = columns[:, None] * freq64  # [block, half]
+    cos, sin = angles.cos().float(), angles.sin().float()
+    x1, x2 = block[..., :half], block[..., half : 2 * half]
+    return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin, block[..., 2 * half :]], dim=-1)
 
 
 def expected_attention_scores(
@@ -55,30 +68,29 @@ def expected_attention_scores(
             "the expected-attention scorer needs the model's RoPE frequencies, which lavakv did not find on this "
             "model (no rotary_emb module); use another scorer"
         )
-    q = (inputs.queries if statistics == "prompt" else inputs.window_queries()).float()  # [b, hq, m, d]
+    q = inputs.queries if statistics == "prompt" else inputs.window_queries()  # [b, hq, m, d], model dtype
     b, hq, m, d = q.shape
     n = inputs.tokens
     half = freq.numel()
     if 2 * half > d:
         raise ValueError(f"RoPE frequencies ({half}) do not fit the head dimension ({d})")
 
-    # u_c = R(-c) q_c, c the query's column: the queries are those of the last m columns
-    columns = torch.arange(n - m, n, device=q.device, dtype=torch.float64)
-    freq64 = freq.to(q.device, torch.float64)
-    back = columns[:, None] * freq64  # [m, half]
-    cos, sin = back.cos().float(), back.sin().float()
-    x1, x2 = q[..., :half], q[..., half : 2 * half]
-    u = torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin, q[..., 2 * half :]], dim=-1)  # [b, hq, m, d]
-
     real_tokens = any_head(inputs.valid).to(q.device)  # [b, n]
     sinks = real_tokens & (torch.cumsum(real_tokens.long(), dim=-1) <= n_sink)
-    real = (real_tokens & ~sinks)[:, n - m :].float()[:, None, :, None]  # [b, 1, m, 1] queries counted
-    if statistics == "prompt" and not bool(real.any()):  # a chunk of sinks only: fall back to every real query
-        real = real_tokens[:, n - m :].float()[:, None, :, None]
-    count = real.sum(2, keepdim=True).clamp_min(1.0)
-    mean_u = (u * real).sum(2, keepdim=True) / count  # [b, hq, 1, d]
-    centred = (u - mean_u) * real
-    cov_u = centred.transpose(-1, -2) @ centred / count  # [b, hq, d, d]
+    counted = (real_tokens & ~sinks)[:, n - m :]  # [b, m] queries the statistics count
+    if statistics == "prompt" and not bool(counted.any()):  # a chunk of sinks only: count every real query
+        counted = real_tokens[:, n - m :]
+    weight = counted.float()[:, None, :, None]  # [b, 1, m, 1]
+    count = weight.sum(2, keepdim=True).clamp_min(1.0)
+    freq64 = freq.to(q.device, torch.float64)
+    # two passes over blocks of queries (mean, then centred covariance), so no full copy of the queries is made
+    mean_u = sum((_back(q, freq64, n - m, start) * weight[:, :, start : start + _BLOCK]).sum(2, keepdim=True)
+                 for start in range(0, m, _BLOCK)) / count  # [b, hq, 1, d]
+    cov_u = torch.zeros(b, hq, d, d, device=q.device, dtype=torch.float32)
+    for start in range(0, m, _BLOCK):
+        centred = (_back(q, freq64, n - m, start) - mean_u) * weight[:, :, start : start + _BLOCK]
+        cov_u += centred.transpose(-1, -2) @ centred
+    cov_u /= count  # [b, hq, d, d]
 
     ahead = (n + torch.arange(horizon, device=q.device, dtype=torch.float64))[:, None] * freq64  # [horizon, half]
     mean_cos, mean_sin = ahead.cos().mean(0).float(), ahead.sin().mean(0).float()  # R_avg, per plane
@@ -91,11 +103,14 @@ def expected_attention_scores(
     mu = mean_u @ rotation.T  # [b, hq, 1, d]
     sigma = rotation @ cov_u @ rotation.T  # [b, hq, d, d]
 
-    g = inputs.group_size
-    keys = inputs.keys.float()  # [b, h_kv, n, d]
-    keys_q = keys[:, :, None].expand(b, inputs.kv_heads, g, n, d).reshape(b, hq, n, d)  # query head h -> KV h // G
-    s = inputs.scaling
-    logits = s * (keys_q @ mu.transpose(-1, -2)).squeeze(-1) + 0.5 * s * s * ((keys_q @ sigma) * keys_q).sum(-1)
+    g, kv, s = inputs.group_size, inputs.kv_heads, inputs.scaling
+    mu_g, sigma_g = mu.view(b, kv, g, 1, d), sigma.view(b, kv, g, d, d)  # query head h = KV head h // G
+    logits = torch.empty(b, kv, g, n, device=q.device, dtype=torch.float32)
+    for start in range(0, n, _BLOCK):  # keys in blocks: no per-query-head copy of the keys
+        k = inputs.keys[:, :, start : start + _BLOCK].float()[:, :, None]  # [b, h_kv, 1, block, d]
+        linear = (k @ mu_g.transpose(-1, -2)).squeeze(-1)  # [b, h_kv, g, block]
+        logits[..., start : start + k.shape[3]] = s * linear + 0.5 * s * s * ((k @ sigma_g) * k).sum(-1)
+    logits = logits.view(b, hq, n)
     logits = logits.masked_fill(~inputs.key_valid(hq), float("-inf"))  # [b, hq, n]
     attention = torch.nan_to_num(torch.softmax(logits, dim=-1), nan=0.0)
     scores = reduce_groups(attention, inputs.kv_heads, "mean")  # [b, h_kv, n]
