@@ -44,12 +44,14 @@ def _reference(inputs: ScoringInputs, horizon: int, values: bool, statistics: st
             k = inputs.keys[row, head // g].double()  # [n, d]
             s = inputs.scaling
             logits = s * k @ mu + 0.5 * s * s * torch.einsum("nd,de,ne->n", k, sigma, k)
-            logits = logits.masked_fill(~inputs.valid[row], float("-inf"))
+            scored = inputs.valid[row].clone()
+            scored[real[:n_sink]] = False  # the sinks are outside the softmax
+            logits = logits.masked_fill(~scored, float("-inf"))
             out[row, head // g] += torch.softmax(logits, dim=-1) / g
         if values:
             out[row] = out[row] * inputs.values[row].double().norm(dim=-1)
         if n_sink:
-            top = out[row][:, real].max()
+            top = out[row][:, real[n_sink:]].max()
             out[row][:, real[:n_sink]] = top
     window = torch.zeros(n, dtype=torch.bool)
     window[-inputs.window :] = True

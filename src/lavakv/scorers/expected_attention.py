@@ -7,7 +7,7 @@ import torch
 
 from lavakv.scorers.base import ScoringInputs
 from lavakv.scorers.pooling import reduce_groups
-from lavakv.validity import any_head
+from lavakv.validity import any_head, per_head
 
 #: where the query statistics come from: every prompt query past the sinks (the authors' code, kvpress), or only
 #: the observation window's queries (lavakv's first formulation, kept to reproduce records made with it)
@@ -42,8 +42,8 @@ def expected_attention_scores(
     ``"window"`` = the last w queries only. For a Gaussian query the expected exponentiated logit is
     exp(s k.mu + s^2 k^T Sigma k / 2) (s the softmax scale); normalised over the layer's real keys this is the
     expected attention, averaged over each KV head's query group, times the key's value L2 norm when ``values``.
-    The first ``n_sink`` real entries of each head (attention sinks) get the layer's highest score, so every
-    allocation keeps them (kvpress keeps them too); ``n_sink=0`` turns that off.
+    The first ``n_sink`` real entries of each head (attention sinks) are left out of the softmax and get the
+    layer's highest score, so every allocation keeps them (as kvpress does); ``n_sink=0`` turns that off.
 
     Args:
         inputs: uses ``queries`` (or :meth:`ScoringInputs.window_queries`), ``keys``, ``values``, ``valid`` and
@@ -111,14 +111,15 @@ def expected_attention_scores(
         linear = (k @ mu_g.transpose(-1, -2)).squeeze(-1)  # [b, h_kv, g, block]
         logits[..., start : start + k.shape[3]] = s * linear + 0.5 * s * s * ((k @ sigma_g) * k).sum(-1)
     logits = logits.view(b, hq, n)
-    logits = logits.masked_fill(~inputs.key_valid(hq), float("-inf"))  # [b, hq, n]
+    held = inputs.key_valid(kv)  # [b, 1 or h_kv, n]
+    first = held & (torch.cumsum(held.long(), dim=-1) <= n_sink)  # each head's first n_sink real entries (sinks)
+    scored = held & ~first  # the softmax runs over these, as kvpress's does over the keys past its sinks
+    logits = logits.masked_fill(~per_head(scored, hq), float("-inf"))  # [b, hq, n]
     attention = torch.nan_to_num(torch.softmax(logits, dim=-1), nan=0.0)
-    scores = reduce_groups(attention, inputs.kv_heads, "mean")  # [b, h_kv, n]
+    scores = reduce_groups(attention, kv, "mean")  # [b, h_kv, n]
     if values:
         scores = scores * torch.linalg.vector_norm(inputs.values, ord=2, dim=-1, dtype=torch.float32)
     if n_sink:
-        held = inputs.key_valid(inputs.kv_heads)  # [b, 1 or h_kv, n]
-        first = held & (torch.cumsum(held.long(), dim=-1) <= n_sink)  # each head's first real entries
-        top = scores.masked_fill(~held, float("-inf")).amax(dim=(1, 2), keepdim=True)  # [b, 1, 1]
+        top = scores.masked_fill(~scored, float("-inf")).amax(dim=(1, 2), keepdim=True)  # [b, 1, 1]
         scores = torch.where(first, top, scores)
     return inputs.finalize(scores)
