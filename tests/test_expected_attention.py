@@ -115,6 +115,17 @@ def test_sinks_are_kept_by_every_head_allocation(alpha):
     assert not all(dropped[row][:, positions].all() for row, positions in enumerate(sinks))
 
 
+def test_a_row_of_sinks_only_scores_its_real_entries():
+    """A left-padded row whose real tokens are all sinks still scores them finite (never -inf, the padding mark),
+    and the other row of the batch is scored as if alone."""
+    inputs = _inputs(b=2, hq=4, h=2, n=20, d=8, w=1, pad=(0, 16))
+    got = expected_attention_scores(inputs, n_sink=4)
+    assert torch.isfinite(got[1, :, 16:19]).all() and (got[1, :, :16] == float("-inf")).all()
+    alone = ScoringInputs(inputs.queries[:1], inputs.keys[:1], inputs.values[:1], inputs.valid[:1], inputs.scaling,
+                          inputs.window, inputs.rope_inv_freq)
+    torch.testing.assert_close(got[:1], expected_attention_scores(alone, n_sink=4))
+
+
 def test_statistics_and_n_sink_are_checked():
     with pytest.raises(ValueError, match="statistics must be one of"):
         lavakv.method("expected-attention", budget=64, statistics="all")

@@ -78,8 +78,8 @@ def expected_attention_scores(
     real_tokens = any_head(inputs.valid).to(q.device)  # [b, n]
     sinks = real_tokens & (torch.cumsum(real_tokens.long(), dim=-1) <= n_sink)
     counted = (real_tokens & ~sinks)[:, n - m :]  # [b, m] queries the statistics count
-    if statistics == "prompt" and not bool(counted.any()):  # a chunk of sinks only: count every real query
-        counted = real_tokens[:, n - m :]
+    # a row whose queries are all sinks (a prompt of at most n_sink real tokens) counts all its real queries
+    counted = torch.where(counted.any(-1, keepdim=True), counted, real_tokens[:, n - m :])
     weight = counted.float()[:, None, :, None]  # [b, 1, m, 1]
     count = weight.sum(2, keepdim=True).clamp_min(1.0)
     freq64 = freq.to(q.device, torch.float64)
@@ -120,6 +120,7 @@ def expected_attention_scores(
     if values:
         scores = scores * torch.linalg.vector_norm(inputs.values, ord=2, dim=-1, dtype=torch.float32)
     if n_sink:
-        top = scores.masked_fill(~scored, float("-inf")).amax(dim=(1, 2), keepdim=True)  # [b, 1, 1]
+        # [b, 1, 1]; scores are >= 0, so a row that holds nothing but sinks gives its sinks 0, never -inf (padding)
+        top = scores.masked_fill(~scored, float("-inf")).amax(dim=(1, 2), keepdim=True).clamp_min(0.0)
         scores = torch.where(first, top, scores)
     return inputs.finalize(scores)
