@@ -1,4 +1,5 @@
-"""Shared helpers for benchmark scripts: the environment record written with every result.
+"""Shared helpers for benchmark scripts: the environment record written with every result, and recording what a
+lavakv scorer sees and returns during a prefill.
 
 Side-by-side timing is :mod:`lavakv.timing` (``kvpress_bench.py``, which cannot import lavakv, keeps a copy).
 """
@@ -11,6 +12,8 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -53,3 +56,27 @@ def write_result(path: Path, payload: dict) -> None:
     """Write ``payload`` plus the environment as JSON."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"environment": environment(), **payload}, indent=2))
+
+
+@contextmanager
+def recorded_scorer(name: str, tokens: int) -> Iterator[list]:
+    """While inside, every call of lavakv's scorer ``name`` on a layer of ``tokens`` entries appends ``(inputs,
+    scores)`` (its :class:`~lavakv.scorers.ScoringInputs` and its ``[batch, kv_heads, tokens]`` output), in layer
+    order, to the yielded list; calls on other sizes (the option check's probe) are not recorded. lavakv is
+    imported here only: the kvpress venv imports this module without it."""
+    import lavakv.scorers as scorers
+
+    calls: list = []
+    original = scorers.SCORERS[name]
+
+    def recording(inputs, **params):
+        scores = original(inputs, **params)
+        if inputs.tokens == tokens:
+            calls.append((inputs, scores.detach()))
+        return scores
+
+    scorers.SCORERS[name] = recording
+    try:
+        yield calls
+    finally:
+        scorers.SCORERS[name] = original

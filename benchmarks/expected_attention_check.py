@@ -23,11 +23,10 @@ import sys
 from pathlib import Path
 
 import torch
-from common import write_result
+from common import recorded_scorer, write_result
 from prompts import prompt_ids
 
 import lavakv
-import lavakv.scorers as scorers
 from lavakv.models import load_model
 from lavakv.scorers import ScoringInputs, expected_attention_scores
 
@@ -78,21 +77,10 @@ def main() -> None:
     args = parser.parse_args()
     model, tokenizer = load_model(args.model)
     ids = prompt_ids(tokenizer, args.context + args.future)
-    recorded: list[ScoringInputs] = []
-    original = scorers.SCORERS["expected-attention"]
-
-    def record(inputs: ScoringInputs, **params) -> torch.Tensor:
-        recorded.append(inputs)
-        return original(inputs, **params)
-
-    scorers.SCORERS["expected-attention"] = record
-    try:
-        method = lavakv.method("expected-attention", budget=args.window, window=args.window)
-        with method.attach(model) as session:
-            session.prefill(ids, None, [method])
-    finally:
-        scorers.SCORERS["expected-attention"] = original
-    recorded = [inputs for inputs in recorded if inputs.tokens == ids.shape[1]]  # not the option check's probe
+    method = lavakv.method("expected-attention", budget=args.window, window=args.window)
+    with recorded_scorer("expected-attention", ids.shape[1]) as calls, method.attach(model) as session:
+        session.prefill(ids, None, [method])
+    recorded = [inputs for inputs, _ in calls]
     prefix = args.context - args.window
     span = slice(args.sinks, prefix)
     rows = []

@@ -20,11 +20,10 @@ import tempfile
 from pathlib import Path
 
 import torch
-from common import write_result
+from common import recorded_scorer, write_result
 from prompts import prompt_ids, save_ids
 
 import lavakv
-import lavakv.scorers as scorers
 from lavakv.models import converted_dir, load_model
 
 HERE = Path(__file__).resolve().parent
@@ -32,23 +31,10 @@ HERE = Path(__file__).resolve().parent
 
 def lavakv_scores(model, ids: torch.Tensor, window: int, statistics: str) -> dict[int, torch.Tensor]:
     """Every layer's ``expected-attention`` scores ``[batch, kv_heads, tokens]`` from one lavakv prefill."""
-    out: dict[int, torch.Tensor] = {}
-    original = scorers.SCORERS["expected-attention"]
     method = lavakv.method("expected-attention", budget=window, window=window, statistics=statistics)
-
-    def recorded(inputs, **params):
-        scores = original(inputs, **params)
-        if inputs.tokens == ids.shape[1]:  # not the option check's probe
-            out[len(out)] = scores.detach().cpu()
-        return scores
-
-    scorers.SCORERS["expected-attention"] = recorded
-    try:
-        with method.attach(model) as session:
-            session.prefill(ids, None, [method])
-    finally:
-        scorers.SCORERS["expected-attention"] = original
-    return out
+    with recorded_scorer("expected-attention", ids.shape[1]) as calls, method.attach(model) as session:
+        session.prefill(ids, None, [method])
+    return {layer: scores.cpu() for layer, (_, scores) in enumerate(calls)}
 
 
 def overlap(a: torch.Tensor, b: torch.Tensor, keep: int) -> float:
