@@ -235,6 +235,32 @@ def test_bench_threads_default_is_not_given():
     assert args.threads is None
 
 
+@pytest.mark.parametrize("threads", ["0", "-2"])
+def test_eval_threads_below_one_is_a_usage_error_before_loading(threads, tiny_eval, no_prefill, tmp_path, capsys):
+    argv = ["eval", "--task", "needle", "--threads", threads, "--out", str(tmp_path / "o")]
+    assert cli.main(argv) == 2
+    assert f"--threads must be >= 1, got {threads}" in _one_error_line(capsys)
+    assert tiny_eval == []
+
+
+def test_eval_threads_sets_torch_threads_and_is_recorded(tiny_eval, tmp_path, monkeypatch):
+    """``lavakv eval --threads N`` runs with N torch threads; each run's provenance.json says so."""
+    import torch
+
+    before = torch.get_num_threads()
+    wanted = 2 if before == 1 else 1
+    out = tmp_path / "o"
+    try:
+        assert cli.main(["eval", "--task", "needle", "--methods", "full", "--lengths", "250", "--depths", "0",
+                         "--samples", "1", "--max-new-tokens", "2", "--threads", str(wanted), "--out", str(out),
+                         "--no-progress"]) == 0
+        assert torch.get_num_threads() == wanted
+    finally:
+        torch.set_num_threads(before)
+    (run,) = [p for p in out.iterdir() if p.is_dir()]
+    assert json.loads((run / "provenance.json").read_text())["threads"] == wanted
+
+
 # -- budgets and windows: one line, in command-line terms --------------------------------------------------------------
 @pytest.mark.parametrize(("args", "expected"), [
     (["generate", "--method", "lava", "--budget", "16", "--window", "32", "--prompt", "hi"],

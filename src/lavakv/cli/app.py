@@ -21,7 +21,15 @@ from typing import Any
 
 import torch
 
-from lavakv.cli.arguments import check_fits, check_model_request, check_out_dir, parse_csv, read_text_file
+from lavakv.cli.arguments import (
+    apply_threads,
+    check_fits,
+    check_model_request,
+    check_out_dir,
+    check_threads,
+    parse_csv,
+    read_text_file,
+)
 from lavakv.generation import GenerationResult, generate, generate_many, prompt_ids
 from lavakv.haystack import answer_correct, build_haystack
 from lavakv.methods import Method, describe, list_methods, method
@@ -264,11 +272,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     budgets = parse_csv(args.budgets, int, "--budgets")
     methods = [_build_method(n, b, None, args.window, "--budgets") for n in names for b in budgets]  # validate first
     _check_positive(args.decode_steps, "--decode-steps")
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads} (leave it out for torch's choice)")
+    check_threads(args.threads)
     check_out_dir(args.out, "--out", BENCH_FILES)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     model, tokenizer = _load(args.model, args.device, args.dtype)
     # each cache holds the prompt, then 2 untimed and --decode-steps timed decode tokens
     check_fits(model, max(lengths), args.decode_steps + 2, prompt="the longest --tokens prompt",

@@ -34,6 +34,19 @@ def parse_csv(text: str | None, convert: Callable[[str], Any], what: str) -> lis
         raise ValueError(f"{what} must be a comma-separated list of {convert.__name__}s, got {text!r}") from None
 
 
+def check_threads(threads: int | None) -> None:
+    """Reject ``--threads`` below 1 (None, torch's own choice, passes)."""
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads} (leave it out for torch's choice)")
+
+
+def apply_threads(threads: int | None) -> None:
+    """Set torch's intra-op thread count to ``threads`` (checked by :func:`check_threads`); None leaves it alone."""
+    check_threads(threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
 def _looks_like_path(name: str) -> bool:
     """Whether ``name`` is meant as a local path rather than a known name or a hub id ``owner/name``."""
     if name.startswith((".", "~", "/", os.sep)) or (os.altsep and os.altsep in name) or "\\" in name:

@@ -12,7 +12,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from lavakv.cli.arguments import check_fits, check_model_request, check_out_dir, parse_csv, read_text_file
+from lavakv.cli.arguments import (
+    apply_threads,
+    check_fits,
+    check_model_request,
+    check_out_dir,
+    check_threads,
+    parse_csv,
+    read_text_file,
+)
 from lavakv.eval.specs import split_methods
 from lavakv.eval.tasks import TASK_NAMES, TaskOptions, parse_task_spec
 
@@ -148,9 +156,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     shard = shard_from_env()
     config = config_from_args(args)
+    check_threads(args.threads)
     device = eval_device(args.device, shard)
     started = time.perf_counter()
     with eval_lock(config.out, rank=shard.rank, world_size=shard.world_size):
+        apply_threads(args.threads)
         if device.startswith("cuda:"):
             import torch
 
@@ -241,6 +251,9 @@ def add_subcommands(subparsers, parents: Sequence[argparse.ArgumentParser] = ())
     p.add_argument("--no-chat", action="store_true", help="never use the tokenizer's chat template")
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="parameter dtype (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per process, >= 1 (default: torch's choice; under torchrun set it so ranks x "
+                        "threads fits the cores); recorded in each run's provenance.json")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval, run=cmd_eval)
 
