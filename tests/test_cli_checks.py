@@ -12,10 +12,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 from test_cli import _one_error_line
 from test_eval_support import tiny_eval_pair
 from test_generation import tiny_pair
 
+import lavakv
 import lavakv.bench
 import lavakv.eval.runner
 from lavakv.cli import app as cli
@@ -228,6 +230,22 @@ def test_bench_threads_below_one_is_a_usage_error(threads, tiny, tmp_path, capsy
     assert cli.main(["bench", "--threads", threads, "--out", str(tmp_path / "o")]) == 2
     assert f"--threads must be >= 1, got {threads}" in _one_error_line(capsys)
     assert tiny == []
+
+
+@pytest.mark.parametrize("name", ["kvzip", "lava-kvzip"])
+def test_bench_refuses_a_method_that_cannot_share_its_prefill_before_loading(name, tiny, tmp_path, capsys):
+    assert cli.main(["bench", "--methods", name, "--budgets", "64", "--out", str(tmp_path / "o")]) == 2
+    assert f"{name} cannot share it" in _one_error_line(capsys)
+    assert tiny == []
+
+
+def test_bench_measure_refuses_chunked_and_reconstruction_methods():
+    model, _ = tiny_pair()
+    ids = torch.arange(1, 41)[None]
+    for m, why in ((lavakv.method("snapkv", budget=16, window=4, chunk_size=16), "prefills in chunks"),
+                   (lavakv.method("kvzip", budget=16, window=4), "reconstruction pass")):
+        with pytest.raises(ValueError, match=why):
+            lavakv.bench.measure(model, ids, [m], decode_steps=1)
 
 
 def test_bench_threads_default_is_not_given():

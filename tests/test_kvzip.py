@@ -71,3 +71,54 @@ def test_short_context_keeps_every_token():
         ctx = session.compress_context(ids, tokenizer=tokenizer)
         for kept in session.stats(ctx.cache).kept_tokens:
             assert kept.tolist() == [[ids.shape[1]] * kept.shape[1]]
+
+
+def test_kvzip_is_refused_as_a_follower_of_a_shared_prefill():
+    """Not only the first method of a shared prefill is checked: kvzip after snapkv is refused too (it used to be
+    compressed from the prompt's own queries, with no reconstruction pass)."""
+    model, tokenizer = tiny_pair(chat=True)
+    ids = torch.tensor([tokenizer("Kyoto has 12 parks. " * 8)["input_ids"]])
+    snap, kv = lavakv.method("snapkv", budget=24, window=8), lavakv.method("kvzip", budget=24, window=8)
+    with snap.attach(model) as session:
+        with pytest.raises(ValueError, match="reconstruction pass"):
+            session.prefill(ids, None, [snap, kv])
+
+
+def _by_hand(model, tokenizer, method, context_ids: list[int], rest_ids: list[int], split: int, new: int):
+    """kvzip's answer built directly: compress ids[:split] by reconstruction, feed the rest, decode greedily."""
+    ids = torch.tensor([context_ids + rest_ids])
+    with torch.no_grad(), method.attach(model) as session:
+        cache = session.compress_context(ids[:, :split], tokenizer=tokenizer).cache
+        logits = session.extend(cache, ids[:, split:]).logits[:, -1]
+        first = logits[0].float().clone()
+        tokens = []
+        for _ in range(new):
+            token = logits.argmax(-1, keepdim=True)
+            tokens.append(int(token))
+            logits = session.extend(cache, token).logits[:, -1]
+    return first, tokens
+
+
+@pytest.mark.parametrize("query_agnostic", [False, True])
+def test_generate_many_fills_kvzip_by_its_reconstruction_pass(query_agnostic):
+    """generate_many / lavakv.generate with kvzip beside other methods: kvzip's answer is the one built by hand
+    from compress_context (query-aware: the prompt but its last token; query-agnostic: the context), and the other
+    methods' answers are those of a run without kvzip."""
+    from lavakv.generation import generate_many, prompt_ids
+
+    model, tokenizer = tiny_pair(chat=True)
+    context, question = "Kyoto has 12 parks. Osaka has 7 bridges. " * 8, "How many parks?"
+    snap, kv = lavakv.method("snapkv", budget=24, window=8), lavakv.method("kvzip", budget=24, window=8)
+    results = generate_many(model, tokenizer, context, question=question, methods=[snap, kv, None], max_new_tokens=4,
+                            query_agnostic=query_agnostic)
+    alone = generate_many(model, tokenizer, context, question=question, methods=[snap, None], max_new_tokens=4,
+                          query_agnostic=query_agnostic)
+    assert [r.text for r in (results[0], results[2])] == [r.text for r in alone]
+    torch.testing.assert_close(results[0].first_token_logits, alone[0].first_token_logits, rtol=0, atol=0)
+    whole, context_ids, rest_ids = prompt_ids(tokenizer, context, question)
+    assert context_ids + rest_ids == whole
+    split = len(context_ids) if query_agnostic else len(whole) - 1
+    first, tokens = _by_hand(model, tokenizer, kv, context_ids, rest_ids, split, 4)
+    torch.testing.assert_close(results[1].first_token_logits, first, rtol=1e-5, atol=1e-6)
+    assert tokenizer.decode(tokens[:results[1].new_tokens], skip_special_tokens=True).strip() == results[1].text.strip()
+    assert results[1].kept_entries < results[2].kept_entries

@@ -104,6 +104,20 @@ def test_right_padded_batch_is_refused():
             model(ids, attention_mask=mask, past_key_values=session.cache())
 
 
+@pytest.mark.parametrize("order", [("full", "snapkv"), ("snapkv", "full")])
+def test_right_padding_is_refused_whichever_method_a_shared_prefill_starts_with(order):
+    """A shared prefill checks every cache it fills: with ``full`` first, snapkv's window used to sit on padding."""
+    model = tiny_model("llama")
+    ids, mask = prompt(batch=2, length=50)
+    mask[1, -5:] = 0
+    methods = [lavakv.method(name, budget=16, window=4) if name != "full" else lavakv.method(name) for name in order]
+    with methods[0].attach(model) as session:
+        with pytest.raises(ValueError, match="right padding"):
+            session.prefill(ids, mask, methods)
+        with pytest.raises(ValueError, match="right padding"):
+            session.compress_contexts(ids, methods, mask)
+
+
 # -- 3. torch.compile ---
 def test_compiled_model_is_refused():
     model = tiny_model("llama")

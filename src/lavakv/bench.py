@@ -16,9 +16,23 @@ import time
 
 import torch
 
+from lavakv.generation import alone
 from lavakv.methods import Method
 from lavakv.methods import method as make_method
 from lavakv.timing import decode_step_medians
+
+
+def check_shared(methods: list[Method]) -> None:
+    """Refuse a method that cannot share the one exact prefill :func:`measure` fills every cache from."""
+    for m in methods:
+        kind = alone(m)
+        if kind is not None:
+            what = ("prefills in chunks (chunk_size=); its peak memory and prefill time: benchmarks/peak_memory.py "
+                    "with a NAME/cC config" if kind == "chunked" else
+                    "is scored by a reconstruction pass over the context; time it with lavakv generate or lavakv eval "
+                    "(prefill_seconds)")
+            raise ValueError(f"bench fills every cache from one shared exact prefill, and {m.name} cannot share it: "
+                             f"it {what}")
 
 
 def measure(model, ids: torch.Tensor, methods: list[Method], decode_steps: int = 10, progress: bool = False
@@ -40,6 +54,7 @@ def measure(model, ids: torch.Tensor, methods: list[Method], decode_steps: int =
         raise ValueError(f"bench needs token ids of shape [1, tokens >= 1], got {tuple(ids.shape)}")
     if decode_steps < 1:
         raise ValueError(f"decode steps must be >= 1, got {decode_steps}")
+    check_shared(methods)
     caches_methods = [make_method("full"), *methods]
     with torch.no_grad(), caches_methods[0].attach(model) as session:
         start = time.perf_counter()

@@ -346,6 +346,39 @@ def answer_questions(
     return results
 
 
+def alone(method: Method) -> str | None:
+    """Why ``method`` cannot share an exact prefill with other methods: ``"chunked"`` (its later chunks attend to
+    what it compressed), ``"reconstruction"`` (kvzip: scored by a pass over the whole context), or None (it can)."""
+    components = method.resolve()
+    if components is None:
+        return None
+    if components.scorer.reconstruction:
+        return "reconstruction"
+    return "chunked" if components.chunk_size is not None else None
+
+
+def fill_alone(session, method: Method, tokenizer, ids: torch.Tensor, compressed: int
+                ) -> tuple[CompressedCache, torch.Tensor]:
+    """Fill ``method``'s cache from ``ids [1, n]`` when it cannot share the exact prefill (:func:`alone`), its
+    first ``compressed`` tokens compressed; returns the cache holding all of ``ids`` and the last logits ``[1, vocab]``.
+
+    Chunked: prefilled alone (then the tokens after ``compressed`` fed through it). Reconstruction: the compressed
+    part (all but the last token when it is the whole prompt: that token is in every window) is compressed by
+    :meth:`~lavakv.Session.compress_context`, then the rest is fed through the compressed cache.
+    """
+    if alone(method) == "chunked":
+        (cache,), logits = session.prefill(ids[:, :compressed], torch.ones_like(ids[:, :compressed]), [method])
+        start = compressed
+    else:
+        start = compressed if compressed < ids.shape[1] else compressed - 1
+        if start < 1:
+            raise ValueError(f"{method.name}: a one-token prompt has no context to reconstruct")
+        cache = session.compress_context(ids[:, :start], tokenizer=tokenizer, method=method).cache
+    if start < ids.shape[1]:
+        logits = session.extend(cache, ids[:, start:]).logits[:, -1]
+    return cache, logits
+
+
 def generate_many(
     model,
     tokenizer,
@@ -364,8 +397,9 @@ def generate_many(
     Prefill attention never depends on the method, so the prompt is run through the model once and each method
     compacts every layer into its own cache; the caches (hence the answers) are identical to separate runs.
     Each result's ``prefill_seconds`` is the shared forward time without the other methods' compression time
-    (plus, query-agnostic, its own question feed); decoding is timed per method. ``progress`` shows a progress
-    bar over the methods on stderr.
+    (plus, query-agnostic, its own question feed); decoding is timed per method. A method that cannot share the
+    prefill (:func:`alone`: chunked prefill, kvzip's reconstruction) is filled on its own and timed alone.
+    ``progress`` shows a progress bar over the methods on stderr.
     """
     if not isinstance(context, str) or not context.strip():
         raise ValueError("context is empty: give the text to answer from (a non-empty string)")
@@ -384,30 +418,38 @@ def generate_many(
     compressed = ids[:, : len(context_ids)] if query_agnostic else ids  # what the prefill compresses
     stops = stop_ids(model, tokenizer)
 
-    results = []
+    results: list[GenerationResult | None] = [None] * len(resolved)
+    shared = [i for i, m in enumerate(resolved) if alone(m) is None]  # one exact prefill serves all of these
+    groups = ([shared] if shared else []) + [[i] for i, m in enumerate(resolved) if alone(m) is not None]
     with torch.no_grad(), resolved[0].attach(model) as session:
-        # one exact prefill serves every method; a chunked-prefill method (chunk_size) needs its own
-        groups = [[m] for m in resolved] if any(m.chunk_size for m in resolved) else [resolved]
         for group in tqdm(groups, desc="lavakv prefill", unit="prefill", file=sys.stderr,
                           disable=not progress or len(groups) == 1):
             start = time.perf_counter()
-            caches, shared_logits = session.prefill(compressed, torch.ones_like(compressed), group)
+            if group is not shared:
+                (i,) = group
+                cache, logits = fill_alone(session, resolved[i], tokenizer, ids, compressed.shape[1])
+                sync(device)
+                results[i] = _decode_result(session, model, tokenizer, cache, logits.float(), stops, max_new_tokens,
+                                            int(ids.shape[1]), int(compressed.shape[1]), time.perf_counter() - start)
+                continue
+            group_methods = [resolved[i] for i in group]
+            caches, shared_logits = session.prefill(compressed, torch.ones_like(compressed), group_methods)
             sync(device)
             shared_seconds = time.perf_counter() - start
             shared_stats = [session.stats(c) for c in caches]
             compression = [st.compression_seconds for st in shared_stats]  # each as if prefilled alone
             spent = sum(st.shared_prefill_seconds for st in shared_stats)  # what the shared prefill actually spent
             del shared_stats
-            for i in tqdm(range(len(caches)), desc="lavakv decode", unit="method", file=sys.stderr,
+            for k in tqdm(range(len(caches)), desc="lavakv decode", unit="method", file=sys.stderr,
                           disable=not progress or len(groups) > 1):
-                cache, caches[i] = caches[i], None  # release each cache once used
+                cache, caches[k] = caches[k], None  # release each cache once used
                 start = time.perf_counter()
                 if query_agnostic:
                     logits = session.extend(cache, ids[:, compressed.shape[1]:]).logits[:, -1].float()  # [1, vocab]
                 else:
                     logits = shared_logits.float()
                 sync(device)
-                prefill_seconds = shared_seconds - spent + compression[i] + time.perf_counter() - start
-                results.append(_decode_result(session, model, tokenizer, cache, logits, stops, max_new_tokens,
-                                              int(ids.shape[1]), int(compressed.shape[1]), prefill_seconds))
+                prefill_seconds = shared_seconds - spent + compression[k] + time.perf_counter() - start
+                results[group[k]] = _decode_result(session, model, tokenizer, cache, logits, stops, max_new_tokens,
+                                                   int(ids.shape[1]), int(compressed.shape[1]), prefill_seconds)
     return results

@@ -263,7 +263,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     """Resident KV, compression time and decode time per token of each method x budget at each prompt length."""
     from lavakv.attention.native import cpu_model
-    from lavakv.bench import measure
+    from lavakv.bench import check_shared, measure
 
     lengths = parse_csv(args.tokens, int, "--tokens")
     if any(n < 1 for n in lengths):
@@ -271,6 +271,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     names = [n for n in parse_csv(args.methods, str, "--methods") if n != "full"]
     budgets = parse_csv(args.budgets, int, "--budgets")
     methods = [_build_method(n, b, None, args.window, "--budgets") for n in names for b in budgets]  # validate first
+    check_shared(methods)
     _check_positive(args.decode_steps, "--decode-steps")
     check_threads(args.threads)
     check_out_dir(args.out, "--out", BENCH_FILES)

@@ -8,18 +8,8 @@ from typing import Any
 
 import torch
 
-from lavakv.generation import Decoded, decode_batch, decode_from_cache
+from lavakv.generation import Decoded, alone, decode_batch, decode_from_cache, fill_alone
 from lavakv.methods import Method
-
-
-def alone(method: Method) -> str | None:
-    """Why ``method`` cannot share an exact prefill: ``"chunked"``, ``"reconstruction"``, or None (it can)."""
-    components = method.resolve()
-    if components is None:
-        return None
-    if components.scorer.reconstruction:
-        return "reconstruction"
-    return "chunked" if components.chunk_size is not None else None
 
 
 def fill_caches(session, tokenizer, x: torch.Tensor, methods: list[Method], *, record_window_queries: bool = False
@@ -43,18 +33,10 @@ def fill_caches(session, tokenizer, x: torch.Tensor, methods: list[Method], *, r
         for i, cache in zip(shared, caches, strict=True):
             out[i] = (cache, logits, seconds)
     for i, method in enumerate(methods):
-        kind = alone(method)
-        if kind is None:
-            continue
-        start = time.perf_counter()
-        if kind == "chunked":
-            (cache,), logits = session.prefill(x, torch.ones_like(x), [method])
-        else:
-            if x.shape[1] < 2:
-                raise ValueError(f"{method.name}: a one-token prompt has no context to reconstruct")
-            cache = session.compress_context(x[:, :-1], tokenizer=tokenizer, method=method).cache
-            logits = session.extend(cache, x[:, -1:]).logits[:, -1]
-        out[i] = (cache, logits, time.perf_counter() - start)
+        if alone(method) is not None:
+            start = time.perf_counter()
+            cache, logits = fill_alone(session, method, tokenizer, x, x.shape[1])
+            out[i] = (cache, logits, time.perf_counter() - start)
     return out
 
 

@@ -563,12 +563,16 @@ class Session:
         chunk = components.chunk_size if components is not None else None
         extending = cache in self._extending
         mask = kwargs.get("attention_mask")
-        if held == 0 and components is not None and components.scorer.reconstruction and not compressor.deferred:
-            raise ValueError(
-                f"scorer {components.scorer.name!r} scores a context from a reconstruction pass: compress the context "
-                "with session.compress_context(ids, tokenizer=...) or lavakv.generate(..., questions=[...]), then "
-                "ask questions from its forks"
-            )
+        # a shared prefill fills its followers too: every cache filled by this call is checked, not just the first
+        filled = [compressor, *(self.compressor(c) for c in self._followers.get(cache, ()))] if held == 0 else []
+        for each in filled:
+            if each.components is not None and each.components.scorer.reconstruction and not each.deferred:
+                raise ValueError(
+                    f"scorer {each.components.scorer.name!r} scores a context from a reconstruction pass: compress "
+                    "the context with session.compress_context(ids, tokenizer=...) or lavakv.generate(..., "
+                    "questions=[...]), then ask questions from its forks"
+                )
+        compressing = any(each.components is not None for each in filled) or components is not None
         if held == 0 and chunk is not None and new > chunk:
             raise ValueError(
                 f"this method prefills in chunks of at most chunk_size={chunk} tokens and got a {new}-token prompt in "
@@ -584,7 +588,7 @@ class Session:
             )
         if held > 0 and chunk is not None and new > chunk and not extending:
             raise ValueError(f"a prompt chunk of {new} tokens is longer than the method's chunk_size={chunk}")
-        if isinstance(mask, torch.Tensor) and mask.dim() == 2 and components is not None and (
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2 and compressing and (
                 held == 0 or (chunk is not None and new > 1 and not extending)):
             real = mask != 0
             # left padding only: once a row has a real token, every later one is real
