@@ -131,6 +131,12 @@ def test_bad_chunk_settings_and_calls_are_refused():
         model(ids[:, :32], attention_mask=mask[:, :32], past_key_values=cache)
         with pytest.raises(ValueError, match="longer than the method's chunk_size=32"):
             model(ids[:, 32:], attention_mask=mask, past_key_values=cache)
+        # one-token chunks would all count as generated tokens: the prompt would never be compressed
+        with pytest.raises(ValueError, match="prefill_chunk_size=C\) with C >= 2"):
+            model.generate(ids, attention_mask=mask, past_key_values=session.cache(), max_new_tokens=1,
+                           do_sample=False, prefill_chunk_size=1, pad_token_id=0)
+        with pytest.raises(ValueError, match="first chunk is a single token"):
+            session.prefill(ids[:, :1], mask[:, :1], [chunked])
 
 
 def test_cli_generate_with_chunk_size(monkeypatch, capsys):

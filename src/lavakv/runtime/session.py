@@ -573,6 +573,13 @@ class Session:
                     "questions=[...]), then ask questions from its forks"
                 )
         compressing = any(each.components is not None for each in filled) or components is not None
+        if held == 0 and chunk is not None and new == 1 and not extending:
+            raise ValueError(
+                f"this method prefills in chunks (chunk_size={chunk}) and its first chunk is a single token: every "
+                "later single token counts as generated, so the prompt would never be compressed. Use "
+                "model.generate(..., prefill_chunk_size=C) with C >= 2 (a one-token prompt has nothing to compress: "
+                "use the method without chunk_size)"
+            )
         if held == 0 and chunk is not None and new > chunk:
             raise ValueError(
                 f"this method prefills in chunks of at most chunk_size={chunk} tokens and got a {new}-token prompt in "
