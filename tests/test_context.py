@@ -94,6 +94,29 @@ def test_save_load_round_trip_is_bit_exact(tmp_path, name):
         assert torch.equal(_answer(model, session, loaded.fork(), question, new=40), expected)
 
 
+@pytest.mark.parametrize(("name", "options", "length"), [
+    ("full", {}, 60),  # full keeps the context whole: no budget to save
+    ("snapkv", {"budget": 128, "window": 8}, 60),  # budget >= context: no layer evicted anything
+    ("lava", {"compression_ratio": 0.5, "window": 8}, 6),  # a context no longer than the window
+])
+def test_save_load_round_trip_of_an_uncompressed_context(tmp_path, name, options, length):
+    """Contexts that compress nothing save and load bit-exact (they used to fail: no budget, or the model's own
+    non-contiguous K/V view)."""
+    model = tiny_model("llama", layers=2)
+    ids, _ = prompt(batch=1, length=length)
+    question = prompt(batch=1, length=5, seed=4)[0]
+    m = lavakv.method(name, **options)
+    path = tmp_path / "ctx.safetensors"
+    with m.attach(model) as session:
+        ctx = session.compress_context(ids)
+        ctx.save(path)
+        expected = _answer(model, session, ctx.fork(), question, new=6)
+    with m.attach(model) as session:
+        loaded = session.load_context(path)
+        assert loaded.tokens == length
+        assert torch.equal(_answer(model, session, loaded.fork(), question, new=6), expected)
+
+
 def test_loading_into_another_model_method_or_tokenizer_is_refused(tmp_path):
     model, tokenizer = tiny_pair(chat=True)
     ids = torch.tensor([tokenizer("Kyoto has 12 parks. " * 6)["input_ids"]])

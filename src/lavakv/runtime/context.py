@@ -101,7 +101,8 @@ class CompressedContext:
         compressor = self.session.compressor(self.cache)
         tensors: dict[str, torch.Tensor] = {
             "valid": compressor.valid, "real_tokens": compressor.real_tokens,
-            "budget": compressor.budget, "active": compressor.active,
+            **{name: value for name, value in (("budget", compressor.budget), ("active", compressor.active))
+               if value is not None},  # None for `full`, which has no budget
         }
         layers = []
         for index, layer in enumerate(self.cache.layers):
@@ -139,8 +140,9 @@ class CompressedContext:
             "layer_budgets": {str(i): compressor.budgets[i].tolist() for i in compressor.budgets},
         }
         path = Path(path)
-        save_file({k: v.detach().cpu().clone() for k, v in tensors.items()}, str(path),
-                  metadata={"lavakv": json.dumps(header)})
+        # contiguous: a layer that evicted nothing still holds the model's own (transposed) K/V view
+        save_file({k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in tensors.items()},
+                  str(path), metadata={"lavakv": json.dumps(header)})
         return path
 
 
@@ -177,7 +179,8 @@ def load_context(session: Any, path: str | Path, tokenizer=None) -> CompressedCo
     compressor = session.compressor(cache)
     compressor.valid = tensors["valid"].to(device)
     compressor.real_tokens = tensors["real_tokens"].to(device)
-    compressor.budget, compressor.active = tensors["budget"].to(device), tensors["active"].to(device)
+    compressor.budget, compressor.active = (tensors[name].to(device) if name in tensors else None
+                                            for name in ("budget", "active"))
     compressor.layers = list(header["compressed_layers"])
     compressor.prefilling = False
     for index, entry in enumerate(header["layers"]):
