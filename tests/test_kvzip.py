@@ -122,3 +122,28 @@ def test_generate_many_fills_kvzip_by_its_reconstruction_pass(query_agnostic):
     torch.testing.assert_close(results[1].first_token_logits, first, rtol=1e-5, atol=1e-6)
     assert tokenizer.decode(tokens[:results[1].new_tokens], skip_special_tokens=True).strip() == results[1].text.strip()
     assert results[1].kept_entries < results[2].kept_entries
+
+
+@pytest.mark.parametrize("name", ["kvzip", "lava-kvzip"])
+def test_left_padded_batch_is_compressed_as_each_row_alone(name):
+    """A left-padded batch's reconstruction pass repeats each row's real tokens right after the prompt (its padding
+    moved to the end, standing in for no query): each row keeps what it keeps alone and answers as alone."""
+    model, tokenizer = tiny_pair(chat=True)
+    rows = [tokenizer(t)["input_ids"] for t in ("Kyoto has 12 parks. " * 5, "Rome has 2 rivers and 7 hills. " * 5)]
+    n = max(len(r) for r in rows)
+    ids = torch.tensor([[0] * (n - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (n - len(r)) + [1] * len(r) for r in rows])
+    question = torch.tensor([tokenizer(" How many?")["input_ids"]])
+    m = lavakv.method(name, budget=24, window=8)
+    with torch.no_grad(), m.attach(model) as session:
+        batch = session.compress_context(ids, mask, tokenizer=tokenizer)
+        fork = batch.fork()
+        both = session.extend(fork, question.expand(2, -1),
+                              torch.cat([mask, torch.ones(2, question.shape[1], dtype=mask.dtype)], 1)).logits[:, -1]
+        batch_kept = session.stats(batch.cache).kept_tokens
+        for i, row in enumerate(rows):
+            alone = session.compress_context(torch.tensor([row]), tokenizer=tokenizer)
+            for kept_batch, kept_alone in zip(batch_kept, session.stats(alone.cache).kept_tokens, strict=True):
+                assert kept_batch[i].tolist() == kept_alone[0].tolist()
+            expected = session.extend(alone.fork(), question).logits[0, -1]
+            torch.testing.assert_close(both[i], expected, rtol=1e-4, atol=1e-5)

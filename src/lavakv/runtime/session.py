@@ -323,8 +323,11 @@ class Session:
                     ask = tokenizer(RECONSTRUCTION_PROMPT, add_special_tokens=False)["input_ids"]
                     ask = torch.tensor([ask], dtype=input_ids.dtype, device=input_ids.device).expand(
                         input_ids.shape[0], -1)
-                    passes["reconstruction"] = (torch.cat([ask, input_ids], dim=1),
-                                                torch.cat([torch.ones_like(ask), mask], dim=1), [])
+                    follow, follow_mask = torch.cat([ask, input_ids], dim=1), torch.cat([torch.ones_like(ask), mask], 1)
+                    # a left-padded row repeats its real tokens right after the prompt, its padding moved to the end:
+                    # padding between them would shift the repeat's positions against the context's
+                    order = torch.sort((follow_mask == 0).to(torch.int8), dim=1, stable=True).indices
+                    passes["reconstruction"] = (follow.gather(1, order), follow_mask.gather(1, order), [])
                 passes["reconstruction"][2].append(i)
             elif question is not None and components is not None:
                 passes.setdefault(id(question), (question, torch.ones_like(question), []))[2].append(i)
@@ -345,6 +348,14 @@ class Session:
         for key, (follow, follow_mask, users) in passes.items():
             size = None if key == "reconstruction" else max(self.compressor(caches[i]).window for i in users)
             queries = self._follow_queries(caches[users[0]], follow, torch.cat([mask, follow_mask], dim=1), size)
+            if key == "reconstruction" and not bool(follow_mask.bool().all()):
+                # the padding at the end of a padded row's repeat is not a query of the row alone. The reconstruction
+                # score is a max over queries, so a copy of the row's last real query in its place leaves every row's
+                # scores exactly those it gets alone
+                last = (follow_mask.sum(dim=1) - 1).view(-1, 1, 1, 1)  # [batch, 1, 1, 1]
+                pad = (follow_mask == 0)[:, None, :, None]  # [batch, 1, f, 1]
+                queries = {layer: torch.where(pad, q.gather(2, last.expand(-1, q.shape[1], 1, q.shape[3])), q)
+                           for layer, q in queries.items()}
             for i in users:
                 compressor = self.compressor(caches[i])
                 if size is not None:
