@@ -37,8 +37,9 @@ def expected_attention_scores(
     the offset matters, so left padding and compacted caches give the same result). Averaging the rotation over
     t in [0, ``horizon``) gives the averaged rotation R_avg(n) applied to u_c = R(-c) q_c, so the future query is
     Gaussian with mean mu = R_avg E[u] and covariance Sigma = R_avg Cov[u] R_avg^T, per query head, over the
-    queries ``statistics`` names: ``"prompt"`` = every query the layer computed (the whole prompt at an exact
-    prefill, the chunk at a chunked one) except the first ``n_sink`` real tokens (the authors' kvpress code);
+    queries ``statistics`` names: ``"prompt"`` = every query the scorer is given (the whole prompt at an exact
+    prefill and at a chunked one's first chunk; the ring of the last w queries after later chunks and at
+    decode-time eviction) except the first ``n_sink`` real tokens (the authors' kvpress code);
     ``"window"`` = the last w queries only. For a Gaussian query the expected exponentiated logit is
     exp(s k.mu + s^2 k^T Sigma k / 2) (s the softmax scale); normalised over the layer's real keys this is the
     expected attention, averaged over each KV head's query group, times the key's value L2 norm when ``values``.
