@@ -137,6 +137,9 @@ def test_bad_chunk_settings_and_calls_are_refused():
                            do_sample=False, prefill_chunk_size=1, pad_token_id=0)
         with pytest.raises(ValueError, match="first chunk is a single token"):
             session.prefill(ids[:, :1], mask[:, :1], [chunked])
+        # the window queries of an exact prefill do not exist for a chunked one (they used to be the first chunk's)
+        with pytest.raises(ValueError, match="record_window_queries keeps the window queries of an exact prefill"):
+            session.prefill(ids, mask, [chunked], record_window_queries=True)
 
 
 def test_cli_generate_with_chunk_size(monkeypatch, capsys):

@@ -175,6 +175,11 @@ class Session:
         if not self._live:
             raise RuntimeError("session.cache() must be called inside `with method.attach(model) as session:`")
         components = self._components if method is None else method.resolve()
+        if record_window_queries and components is not None and components.chunk_size is not None:
+            raise ValueError(
+                "record_window_queries keeps the window queries of an exact prefill; a chunked prefill (chunk_size=) "
+                "scores each chunk from its own last queries, so there is no such record: drop one of the two"
+            )
         cache = CompressedCache(self.model.config, self)
         self._compressors[cache] = Compressor(components, cache, record_window_queries=record_window_queries,
                                               rope=self._rope)
