@@ -132,7 +132,7 @@ def test_bad_chunk_settings_and_calls_are_refused():
         with pytest.raises(ValueError, match="longer than the method's chunk_size=32"):
             model(ids[:, 32:], attention_mask=mask, past_key_values=cache)
         # one-token chunks would all count as generated tokens: the prompt would never be compressed
-        with pytest.raises(ValueError, match="prefill_chunk_size=C\) with C >= 2"):
+        with pytest.raises(ValueError, match=r"prefill_chunk_size=C\) with C >= 2"):
             model.generate(ids, attention_mask=mask, past_key_values=session.cache(), max_new_tokens=1,
                            do_sample=False, prefill_chunk_size=1, pad_token_id=0)
         with pytest.raises(ValueError, match="first chunk is a single token"):
@@ -151,3 +151,22 @@ def test_cli_generate_with_chunk_size(monkeypatch, capsys):
     assert "kept" in capsys.readouterr().out
     assert cli.main([*args, "--chunk-size", "4"]) == 2
     assert "--chunk-size (4) is smaller than the observation window (8)" in capsys.readouterr().err
+
+
+def test_chunks_within_a_sliding_window_are_refused_with_the_fix():
+    """Gemma 3: a first chunk that fits the sliding window gets its sliding layers compressed as full-attention
+    layers, which the next chunk would push past the window: refused naming chunk sizes; longer chunks work."""
+    model = tiny_model("gemma3", layers=4)  # sliding_window 8 in the tiny config
+    window = model.config.sliding_window
+    ids, _ = prompt(batch=1, length=5 * window)
+    small = lavakv.method("snapkv", budget=6, window=4, chunk_size=window)
+    with small.attach(model) as session, torch.no_grad():
+        with pytest.raises(ValueError, match=f"prefill_chunk_size > {window}"):
+            session.prefill(ids, None, [small])
+        with pytest.raises(ValueError, match=f"prefill_chunk_size > {window}"):
+            model.generate(ids, past_key_values=session.cache(), max_new_tokens=2, do_sample=False,
+                           prefill_chunk_size=window, pad_token_id=0)
+    large = lavakv.method("snapkv", budget=6, window=4, chunk_size=2 * window)
+    with large.attach(model) as session, torch.no_grad():
+        (cache,), _ = session.prefill(ids, None, [large])
+        assert session.stats(cache).layers  # the full-attention layers are compressed

@@ -611,6 +611,18 @@ class Session:
             )
         if held > 0 and chunk is not None and new > chunk and not extending:
             raise ValueError(f"a prompt chunk of {new} tokens is longer than the method's chunk_size={chunk}")
+        if held > 0 and chunk is not None and new > 1 and not extending and compressor.prefilling:
+            windows = {layer.sliding_window for layer in cache.layers
+                       if isinstance(layer, CompressedLayer) and layer.sliding_window is not None
+                       and layer.sliding is None and held + new > layer.sliding_window}
+            if windows:
+                window = min(windows)
+                raise ValueError(
+                    f"chunked prefill on a model with sliding-window layers of {window} tokens: the first chunk fit "
+                    "that window, so those layers were compressed as full-attention layers, and this chunk takes "
+                    f"them past it. Use chunks longer than the sliding window (chunk_size and prefill_chunk_size > "
+                    f"{window}; longer sliding layers are left to transformers), or one chunk for the whole prompt"
+                )
         if isinstance(mask, torch.Tensor) and mask.dim() == 2 and compressing and (
                 held == 0 or (chunk is not None and new > 1 and not extending)):
             real = mask != 0
