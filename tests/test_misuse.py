@@ -274,6 +274,9 @@ def test_extend_without_a_mask_on_a_padded_cache_is_refused():
             model(ids, attention_mask=mask, past_key_values=cache)
         with pytest.raises(ValueError, match="left-padded"):
             session.extend(cache, torch.ones(2, 3, dtype=torch.long))
+        for wrong in (mask, torch.ones(2, 3, dtype=mask.dtype)):  # the held part only, the new part only
+            with pytest.raises(ValueError, match=r"extend needs \[batch, held \+ new\] = \[2, 53\]"):
+                session.extend(cache, torch.ones(2, 3, dtype=torch.long), wrong)
         full_mask = torch.cat([mask, torch.ones(2, 3, dtype=mask.dtype)], dim=1)
         assert session.extend(cache, torch.ones(2, 3, dtype=torch.long), full_mask).logits.shape[0] == 2
 

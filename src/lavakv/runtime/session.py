@@ -492,6 +492,12 @@ class Session:
                 input_ids.shape[0], cache.get_seq_length() + input_ids.shape[1], dtype=torch.long,
                 device=input_ids.device,
             )
+        expected = (input_ids.shape[0], cache.get_seq_length() + input_ids.shape[1])
+        if tuple(attention_mask.shape) != expected:
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}; extend needs [batch, held + new] = "
+                f"{list(expected)}: the mask of what the cache holds (0 on its padding) followed by the new tokens'"
+            )
         with self.extending(cache), torch.no_grad():
             return self.model(input_ids=input_ids, attention_mask=attention_mask, **cache_kwargs(cache),
                               logits_to_keep=1)
