@@ -289,3 +289,30 @@ def test_kept_entries_of_an_uncompressed_layer_exclude_decoded_tokens():
         _greedy(model, ids, mask, cache, new=5)
         keys, values, lengths = session.kept_entries(cache, 0)
     assert lengths.tolist() == [[40, 40]] and keys.shape[0] == values.shape[0] == 80
+
+
+def test_attention_mask_of_another_shape_is_refused():
+    """A mask shorter than the ids was read by transformers as trailing padding: the last real tokens (the window)
+    were evicted and the stats disagreed with what the layers held."""
+    model = tiny_model("llama")
+    ids, _ = prompt(batch=1, length=20)
+    m = lavakv.method("lava", budget=12, window=8)
+    with m.attach(model) as session:
+        for wrong in (torch.ones(1, 19, dtype=torch.long), torch.ones(1, 10, dtype=torch.long),
+                      torch.ones(2, 20, dtype=torch.long)):
+            with pytest.raises(ValueError, match=r"it must be \[batch, held \+ new\]"):
+                session.prefill(ids, wrong, [m])
+
+
+@pytest.mark.parametrize("chunk_size", [None, 16])
+def test_a_row_that_is_all_padding_is_an_empty_prompt(chunk_size):
+    model = tiny_model("llama")
+    ids, mask = prompt(batch=2, length=30)
+    mask[1] = 0
+    m = lavakv.method("snapkv", budget=12, window=4, chunk_size=chunk_size)
+    with m.attach(model) as session, torch.no_grad():
+        with pytest.raises(ValueError, match="a row of the attention mask is all padding"):
+            session.prefill(ids, mask, [m])
+        with pytest.raises(ValueError, match="a row of the attention mask is all padding"):
+            model.generate(ids, attention_mask=mask, past_key_values=session.cache(), max_new_tokens=2,
+                           do_sample=False, pad_token_id=0, **({"prefill_chunk_size": 16} if chunk_size else {}))

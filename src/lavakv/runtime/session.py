@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 # model -> its attached session (weak: never keeps a model alive); one session per model at a time
 _ATTACHED: weakref.WeakKeyDictionary[torch.nn.Module, Session] = weakref.WeakKeyDictionary()
 _ATTACH_LOCK = threading.Lock()
+EMPTY_ROW = "empty prompt: a row of the attention mask is all padding; give every row at least one real token"
+
 #: the reconstruction pass of KVzip-style scorers: this prompt, then the context again
 RECONSTRUCTION_PROMPT = "\n\nRepeat the previous context exactly.\n\n"
 
@@ -249,6 +251,8 @@ class Session:
         cache = self.cache(method, record_window_queries=record_window_queries)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        elif attention_mask.dim() == 2 and not bool((attention_mask != 0).any(dim=-1).all()):
+            raise ValueError(EMPTY_ROW)
         with torch.no_grad():
             for start in range(0, input_ids.shape[1], chunk):
                 end = min(start + chunk, input_ids.shape[1])
@@ -577,6 +581,19 @@ class Session:
         if not isinstance(cache, CompressedCache):
             return None
         compressor = self.compressor(cache)
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2 and tensor is not None and tensor.dim() >= 2:
+            expected = (tensor.shape[0], cache.get_seq_length() + tensor.shape[1])
+            if tuple(mask.shape) != expected:
+                raise ValueError(
+                    f"attention_mask has shape {tuple(mask.shape)} for {tensor.shape[1]} new tokens on a cache holding "
+                    f"{cache.get_seq_length()}: it must be [batch, held + new] = {list(expected)} (1 on real tokens, "
+                    "0 on left padding)"
+                )
+            chunked = compressor.components is not None and compressor.components.chunk_size is not None
+            # (a chunked prefill's first chunk may be all padding for a row: checked when its prefill ends)
+            if cache.get_seq_length() == 0 and not chunked and not bool((mask != 0).any(dim=-1).all()):
+                raise ValueError(EMPTY_ROW)
         if kwargs.get("output_attentions"):
             raise ValueError("lavakv does not return attention weights (output_attentions=True); drop that option")
         new = tensor.shape[1] if tensor is not None and tensor.dim() >= 2 else 1
@@ -584,7 +601,6 @@ class Session:
         components = compressor.components
         chunk = components.chunk_size if components is not None else None
         extending = cache in self._extending
-        mask = kwargs.get("attention_mask")
         # a shared prefill fills its followers too: every cache filled by this call is checked, not just the first
         filled = [compressor, *(self.compressor(c) for c in self._followers.get(cache, ()))] if held == 0 else []
         for each in filled:
@@ -615,6 +631,9 @@ class Session:
                 "one prompt (make a new one with session.cache()). To feed a question through a compressed "
                 "context, use session.extend(cache, ids)"
             )
+        if held > 0 and chunk is not None and new == 1 and compressor.prefilling and \
+                compressor.real_tokens is not None and bool((compressor.real_tokens == 0).any()):
+            raise ValueError(EMPTY_ROW)  # the first token after a chunked prefill: every row must have had a real one
         if held > 0 and chunk is not None and new > chunk and not extending:
             raise ValueError(f"a prompt chunk of {new} tokens is longer than the method's chunk_size={chunk}")
         if held > 0 and chunk is not None and new > 1 and not extending and compressor.prefilling:
