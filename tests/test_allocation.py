@@ -25,6 +25,7 @@ from lavakv.allocation.layers import (
     cake_budgets,
     proportional_budgets,
 )
+from lavakv.allocation.statistics import cake_preference
 
 FAST = settings(max_examples=40, deadline=None, derandomize=True)
 INF = float("inf")
@@ -419,6 +420,24 @@ def test_cake_cascade_validates_options():
     for field, bad in (("preference", "paper"), ("rounding", "largest-remainder")):
         with pytest.raises(ValueError, match=f"cake {field} must be one of"):
             CakeCascade(**{field: bad})
+    for field in ("tau1_inv", "tau2_inv"):
+        for bad in (math.inf, math.nan, -1.0):
+            with pytest.raises(ValueError, match=f"cake {field} .* must be a finite number >= 0"):
+                CakeCascade(**{field: bad})
+    for bad in (math.inf, math.nan, -1.0):  # gamma nan / inf used to leave every head only its window
+        with pytest.raises(ValueError, match="gamma must be a finite number >= 0"):
+            lavakv.method("cake", budget=16, window=8, gamma=bad)
+
+
+@pytest.mark.parametrize(("tau1_inv", "tau2_inv"), [(0.5, 80.0), (40.0, 0.5)])
+def test_cake_preference_out_of_float32_range_is_refused(tau1_inv, tau2_inv):
+    """H ** 40 overflows and V ** 80 (V < 1) rounds to 0 in float32: an even split (or inf) would follow silently."""
+    attention = torch.softmax(torch.randn(1, 4, 6, 50, generator=torch.Generator().manual_seed(0)), dim=-1)
+    valid = torch.ones(1, 50, dtype=torch.bool)
+    valid[:, -6:] = False
+    with pytest.raises(ValueError, match="out of float32's range"):
+        cake_preference(attention, valid, tau1_inv=tau1_inv, tau2_inv=tau2_inv)
+    assert torch.isfinite(cake_preference(attention, valid, tau1_inv=0.5, tau2_inv=0.5)).all()
 
 
 # -- the cascade through the real coordinator ----------------------------------------------------------------------

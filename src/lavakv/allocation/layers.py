@@ -271,8 +271,8 @@ class CakeCascade:
     def __post_init__(self) -> None:
         for name in ("tau1_inv", "tau2_inv"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"cake {name} (an exponent 1/tau) must be a number >= 0, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise ValueError(f"cake {name} (an exponent 1/tau) must be a finite number >= 0, got {value!r}")
         if self.preference not in PREFERENCES:
             raise ValueError(f"cake preference must be one of {PREFERENCES}, got {self.preference!r}")
         if self.rounding not in ROUNDINGS:

@@ -105,7 +105,7 @@ def cake_preference(
         correction = 1 if attn.shape[2] > 1 else 0
         var = attn.var(dim=2, correction=correction).masked_fill(~prefix, 0.0)  # [b, hq, n]
         shift = var.sum(dim=(1, 2))  # [b]
-        return dispersion.pow(tau1_inv) * shift.pow(tau2_inv)
+        return _checked_preference(dispersion, shift, tau1_inv, tau2_inv)
 
     mean = attn.mean(dim=2).masked_fill(~prefix, 0.0)  # [b, hq, n]
     mass = mean.sum(dim=-1, keepdim=True)  # [b, hq, 1]
@@ -115,4 +115,19 @@ def cake_preference(
     var = attn.var(dim=2, correction=0).masked_fill(~prefix, 0.0)  # [b, hq, n]
     count = prefix.sum(dim=-1).clamp_min(1)  # [b, 1]
     shift = (var.sum(dim=-1) / count).mean(dim=-1)  # [b]
-    return dispersion.pow(tau1_inv) * shift.pow(tau2_inv)
+    return _checked_preference(dispersion, shift, tau1_inv, tau2_inv)
+
+
+def _checked_preference(dispersion: torch.Tensor, shift: torch.Tensor, tau1_inv: float, tau2_inv: float
+                        ) -> torch.Tensor:
+    """``dispersion ** tau1_inv * shift ** tau2_inv`` ``[batch]``, refused where float32 overflows it, or rounds it
+    to 0 although both factors are positive (an even split would follow silently)."""
+    preference = dispersion.pow(tau1_inv) * shift.pow(tau2_inv)
+    lost = ~torch.isfinite(preference) | ((preference == 0) & (dispersion > 0) & (shift > 0))
+    if bool(lost.any()):
+        raise ValueError(
+            f"cake: the layer preference H^tau1_inv * V^tau2_inv (tau1_inv={tau1_inv}, tau2_inv={tau2_inv}) is out of "
+            f"float32's range here (H={float(dispersion[lost][0]):.3g}, V={float(shift[lost][0]):.3g}); use "
+            "exponents nearer CAKE's defaults (0.5, 0.5)"
+        )
+    return preference

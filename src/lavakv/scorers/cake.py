@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from lavakv.scorers.base import ScoringInputs
@@ -55,8 +57,8 @@ def cake_scores(
     check_gqa(gqa)
     check_gqa_order(gqa_order)
     check_variance(variance)
-    if gamma < 0:
-        raise ValueError(f"gamma must be >= 0 (0 = SnapKV), got {gamma}")
+    if not 0 <= gamma < math.inf:
+        raise ValueError(f"gamma must be a finite number >= 0 (0 = SnapKV), got {gamma}")
     attn = inputs.window_attention()  # [b, hq, w, n] float32
     scores = attn.mean(dim=2)  # [b, hq, n]
     if gamma != 0:
