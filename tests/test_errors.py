@@ -57,3 +57,20 @@ def test_cache_outside_session():
     session = lavakv.method("snapkv", budget=64).attach(tiny_model("llama"))
     with pytest.raises(RuntimeError, match="inside"):
         session.cache()
+
+
+def test_a_method_changed_with_dataclasses_replace_is_checked_as_built():
+    """Method is a frozen dataclass: a copy with another budget / window / option is checked when it is made (it
+    used to prefill with budget 0 or window 0 and keep nothing)."""
+    import dataclasses
+
+    base = lavakv.method("lava", budget=16, window=8)
+    for change, message in ((dict(budget=0), "budget must be >= 1"), (dict(budget=3), "smaller than the observation"),
+                            (dict(window=0), "window must be >= 1"), (dict(budget=None), "give exactly one of"),
+                            (dict(budget=None, compression_ratio=1.5), "compression_ratio must be in"),
+                            (dict(params={**base.params, "alpha": 5.0}), "alpha")):
+        with pytest.raises(ValueError, match=message):
+            dataclasses.replace(base, **change)
+    assert dataclasses.replace(base, budget=32).resolve().budget == 32
+    with pytest.raises(ValueError, match="at most 2147483647"):
+        lavakv.method("snapkv", budget=2**63, window=8)

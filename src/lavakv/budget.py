@@ -11,6 +11,9 @@ import math
 
 import torch
 
+#: the largest budget or window accepted (token counts are int64 tensors; no model holds more positions)
+MAX_TOKENS = 2**31 - 1
+
 
 def validate_budget(budget: int | None, compression_ratio: float | None, window: int) -> None:
     """Check a method's budget settings; raise ``ValueError`` / ``TypeError`` naming the problem and the fix."""
@@ -18,6 +21,8 @@ def validate_budget(budget: int | None, compression_ratio: float | None, window:
         raise TypeError(f"window must be an int number of tokens, got {window!r}")
     if window < 1:
         raise ValueError(f"window must be >= 1 token, got {window}; the observation window is always kept")
+    if window > MAX_TOKENS:
+        raise ValueError(f"window must be at most {MAX_TOKENS} tokens, got {window}")
     if budget is None and compression_ratio is None:
         raise ValueError(
             "give exactly one of budget= (tokens per KV head per layer, window included) or "
@@ -35,6 +40,9 @@ def validate_budget(budget: int | None, compression_ratio: float | None, window:
             raise ValueError(
                 f"budget must be >= 1 token per KV head, got {budget}; use method 'full' to disable compression"
             )
+        if budget > MAX_TOKENS:
+            raise ValueError(f"budget must be at most {MAX_TOKENS} tokens per KV head, got {budget}; use method "
+                             "'full' to keep everything")
         if budget < window:
             raise ValueError(
                 f"budget ({budget}) is smaller than the observation window ({window}), which is always kept; "

@@ -74,6 +74,9 @@ class Method:
     decode_interval: int | None = None
     chunk_size: int | None = None
 
+    def __post_init__(self) -> None:
+        self.resolve()  # every setting is checked when a Method is made, however it is made (dataclasses.replace)
+
     @property
     def compresses(self) -> bool:
         return self.scorer is not None
@@ -87,6 +90,10 @@ class Method:
     def _build_components(self) -> Components | None:
         if self.scorer is None:
             return None
+        # budgets are checked here too, for a Method built directly or changed with dataclasses.replace
+        validate_budget(self.budget, self.compression_ratio, self.window)
+        interval = validate_decode_budget(self.decode_budget, self.decode_interval, self.budget, self.window)
+        validate_chunk_size(self.chunk_size, self.window)
         scorer = Scorer(self.scorer, {k: self.params[k] for k in scorer_defaults(self.scorer)})
         layer_cls, head_cls = LAYER_ALLOCATIONS[self.layers], HEAD_ALLOCATIONS[self.heads]
         layers = layer_cls(**{k: self.params[k] for k in _fields(layer_cls)})
@@ -104,7 +111,7 @@ class Method:
                 "with decode_budget, chunk_size or a layer allocation that reads window attention (cake)"
             )
         return Components(self.name, scorer, layers, heads, self.budget, self.compression_ratio, self.window,
-                          self.decode_budget, self.decode_interval, self.chunk_size)
+                          self.decode_budget, interval, self.chunk_size)
 
     def layer_allocation(self):
         """The layer allocation object (static or cascade)."""
@@ -200,8 +207,7 @@ def method(
     is_preset = name is not None and (scorer, layers, heads) == preset
     m = Method(name if is_preset else "custom", scorer, layers, heads, budget, compression_ratio, window, resolved,
                decode_budget, decode_interval, chunk_size)
-    m.resolve()  # validates every component's parameters now, not at prefill
-    return m
+    return m  # made valid: Method.__post_init__ resolves (checks) every setting
 
 
 def describe(name: str) -> dict[str, Any]:
