@@ -229,19 +229,48 @@ def test_report_pairs_only_runs_that_saw_the_same_samples(tmp_path):
     assert "note: no snapkv run at budget 128 for needle | tiny | query-aware: lava not compared" in text
 
 
-@pytest.mark.parametrize(("against", "message"), [
-    ("cake", "--against cake: no finished run of method 'cake'; methods here: lava, snapkv"),
-    ("snapkv", "--against snapkv: two snapkv runs at budget 64 for needle | tiny | query-aware"),
-])
-def test_report_against_refuses_what_it_cannot_compare(against, message, tmp_path):
+def test_report_against_refuses_a_method_it_does_not_have(tmp_path):
     from lavakv.eval.report import report
 
     ids = _ids(4)
     _write_run(tmp_path, "snapkv", 64, {i: 0.0 for i in ids}, window=8)
-    _write_run(tmp_path, "snapkv", 64, {i: 0.0 for i in ids}, window=16)
     _write_run(tmp_path, "lava", 64, {i: 1.0 for i in ids})
-    with pytest.raises(ValueError, match=re.escape(message)):
+    with pytest.raises(ValueError, match=re.escape("--against cake: no finished run of method 'cake'; methods here: "
+                                                   "lava, snapkv")):
+        report([tmp_path], plots=tmp_path / "plots", against="cake", resamples=500)
+
+
+@pytest.mark.parametrize("against", [None, "snapkv", "lava"])
+def test_report_refuses_runs_its_tables_cannot_tell_apart(against, tmp_path):
+    """Two runs of one method and budget that differ in a setting the tables do not show (here the window) would
+    be two identical-looking rows (and one plot line with two points at a budget): refused, naming both."""
+    from lavakv.eval.report import report
+
+    ids = _ids(4)
+    _write_run(tmp_path, "snapkv", 64, {i: 0.0 for i in ids}, window=8)
+    _write_run(tmp_path, "lava", 64, {i: 1.0 for i in ids}, window=8)
+    _write_run(tmp_path, "lava", 64, {i: 0.0 for i in ids}, window=16)
+    with pytest.raises(ValueError, match=r"two runs of lava at budget 64 on needle \| tiny \| query-aware differ in "
+                                         r"method.window \(.*w(8|16)4?, .*w(8|16)4?\); the tables cannot tell them apart"):
         report([tmp_path], plots=tmp_path / "plots", against=against, resamples=500)
+
+
+def test_ruler_mean_refuses_sub_tasks_run_at_different_settings(tmp_path):
+    """The RULER mean row averages one method's sub-tasks: vt at 1024 tokens and cwe at 4096 are not one row."""
+    from lavakv.eval.report import report
+
+    ids = _ids(4)
+    _write_run(tmp_path, "lava", 64, {i: 1.0 for i in ids}, task="ruler/vt",
+               settings={"subtask": "vt", "lengths": [1024], "max_new_tokens": 30})
+    _write_run(tmp_path, "lava", 64, {i: 0.5 for i in ids}, task="ruler/cwe",
+               settings={"subtask": "cwe", "lengths": [1024], "max_new_tokens": 120})
+    text, _ = report([tmp_path], plots=tmp_path / "plots", resamples=500)  # per-sub-task settings may differ
+    assert any(line.startswith("ruler/mean(2)") and " 75.00 " in line for line in text.splitlines())
+    _write_run(tmp_path, "lava", 64, {i: 0.0 for i in ids}, task="ruler/qa_1",
+               settings={"subtask": "qa_1", "lengths": [4096], "max_new_tokens": 32})
+    with pytest.raises(ValueError, match=r"two ruler sub-task runs averaged in one row of lava at budget 64 on ruler "
+                                         r"\| tiny \| query-aware differ in task_settings.lengths"):
+        report([tmp_path], plots=tmp_path / "plots", resamples=500)
 
 
 def test_lower_is_better_metrics_lead_when_smaller(tmp_path):

@@ -20,6 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from lavakv.eval.distinct import check_distinct
 from lavakv.eval.intervals import (
     CONFIDENCE,
     RESAMPLES,
@@ -228,7 +229,9 @@ def format_table(headers: list[str], rows: list[list[Any]]) -> str:
 
 def table(runs: list[dict[str, Any]], resamples: int = RESAMPLES) -> str:
     """The summary table of ``runs`` (from :func:`load_run`), with the headline score's 95 % bootstrap interval over
-    samples, and the RULER and LongBench aggregate rows."""
+    samples, and the RULER and LongBench aggregate rows. Runs the table could not tell apart (same task, model,
+    mode, method and budget, another setting) are refused (:func:`lavakv.eval.distinct.check_distinct`)."""
+    check_distinct(runs, method_label, _budget_text)
     headers = ["task", "model", "mode", "method", "budget", "samples", "score", "95% CI", "metric", "KV MiB",
                "of full", "status"]
     rows = []
@@ -424,12 +427,16 @@ def write_plots(runs: list[dict[str, Any]], out: Path, resamples: int = RESAMPLE
     """Score vs budget (with 95 % bootstrap error bars; a grey band for uncompressed) and resident KV MiB vs budget
     per (task, model, mode), and needle heatmaps; returns the paths written."""
     written: list[Path] = []
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
         if run["metrics"] is not None:
-            c = run["config"]
-            groups[(c["task"], c["model"], c["query_mode"])].append(run)
-    for (task, model, mode), members in sorted(groups.items()):
+            groups[_group_key(run)].append(run)  # runs that saw the same samples share a figure
+    settings_of: dict[tuple, list[tuple]] = defaultdict(list)
+    for key in sorted(groups, key=lambda k: [str(v) for v in k]):
+        settings_of[key[:3]].append(key)
+    for key, members in sorted(groups.items(), key=lambda item: [str(v) for v in item[0]]):
+        task, model, mode = key[:3]
+        same = settings_of[key[:3]]
         scores: dict[str, list[tuple[float, ...]]] = defaultdict(list)
         memory: dict[str, list[tuple[float, float]]] = defaultdict(list)
         references_score: dict[str, float | tuple[float, float, float]] = {}
@@ -452,6 +459,9 @@ def write_plots(runs: list[dict[str, Any]], out: Path, resamples: int = RESAMPLE
                     memory[name].append((method["budget"], metrics["resident_kv_bytes"] / MIB))
         stem = f"{slug(task)}__{slug(model)}__{mode}"
         title = f"{task} | {model} | {mode}"
+        if len(same) > 1:  # several settings (dtype, lengths, ...) of one task: one figure each
+            stem += f"__setting{same.index(key) + 1}"
+            title += f" | {key[3]} | setting {same.index(key) + 1} of {len(same)}"
         if scores or references_score:
             written.append(plot_lines(scores, out / f"{stem}__score_vs_budget.png", title=title,
                                       xlabel="budget (tokens per KV head)",

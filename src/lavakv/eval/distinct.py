@@ -1,0 +1,63 @@
+"""Refusing result sets whose tables could not tell two runs apart.
+
+Tables, aggregates (RULER mean, LongBench summary), paired comparisons and plots name a run by its task, model,
+query mode, method label and budget. Two runs that share those but differ in a setting the name does not show (the
+observation window, the dtype, the task's lengths or seed, a preset default that changed between versions) would
+be shown as one, or averaged together: :func:`check_distinct` refuses such a set instead, naming both directories
+and what differs.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+#: task settings that belong to one sub-task (RULER's generation length), not to the run as a whole
+PER_SUBTASK = frozenset({"subtask", "tokens_to_generate", "max_new_tokens"})
+
+
+def _settings(run: dict[str, Any], whole_task: bool) -> dict[str, Any]:
+    """What identifies ``run`` beyond its displayed name: dtype, task settings (without the per-sub-task ones when
+    ``whole_task`` is False) and the method's full description."""
+    config = run["config"]
+    task = dict(config.get("task_settings") or {})
+    if not whole_task:
+        task = {k: v for k, v in task.items() if k not in PER_SUBTASK}
+    return {"dtype": config.get("dtype"), "task_settings": task, "method": config["method"]}
+
+
+def _differences(a: Any, b: Any, path: str = "") -> list[str]:
+    """Dotted paths where two JSON-like values differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b), key=str)
+                for d in _differences(a.get(k), b.get(k), f"{path}.{k}" if path else str(k))]
+    return [] if json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str) else [path]
+
+
+def check_distinct(runs: list[dict[str, Any]], label, budget) -> None:
+    """Raise ValueError when two of ``runs`` (from :func:`lavakv.eval.report.load_run`) would be shown as one.
+
+    ``label(config)`` and ``budget(config)`` give the displayed method and budget. Checked: two runs of one task,
+    model, mode, method and budget must have the same settings; the RULER and LongBench sub-task runs one
+    aggregate row averages (one family, model, mode, method, budget) must share every setting except the
+    sub-task's own (its name and generation length).
+    """
+    for whole_task in (True, False):
+        seen: dict[tuple, dict[str, Any]] = {}
+        for run in runs:
+            config = run["config"]
+            family, _, sub = config["task"].partition("/")
+            if not whole_task and not (family in ("ruler", "longbench") and sub):
+                continue
+            task = config["task"] if whole_task else family
+            key = (task, config["model"], config["query_mode"], label(config), budget(config))
+            other = seen.setdefault(key, run)
+            differ = _differences(_settings(other, whole_task), _settings(run, whole_task))
+            if differ:
+                what = "runs" if whole_task else f"{family} sub-task runs averaged in one row"
+                raise ValueError(
+                    f"two {what} of {key[3]} at budget {key[4]} on {task} | {key[1]} | {key[2]} differ in "
+                    f"{', '.join(differ[:4])}{' ...' if len(differ) > 4 else ''} ({other['directory']}, "
+                    f"{run['directory']}); the tables cannot tell them apart: give lavakv report the directories "
+                    "of one setting"
+                )
