@@ -144,6 +144,8 @@ def test_bench_tokens_beyond_context(tiny, no_prefill, tmp_path, capsys):
     (["--task", "needle"], "needle at its default length (no --lengths given) 1024"),
     (["--task", "fidelity", "--lengths", "1000", "--continuation", "64"], "--continuation adds 64"),
     (["--task", "code", "--lengths", "1000", "--max-new-tokens", "30"], "the generation (--max-new-tokens) adds 30"),
+    (["--task", "multiquestion", "--lengths", "1200"], "multiquestion/keys at --lengths 1200 is 1200 tokens"),
+    (["--task", "multiquestion"], "multiquestion/keys at its default length (no --lengths given) 4096"),
 ])
 def test_eval_lengths_beyond_context(args, expected, tiny_eval, no_prefill, tmp_path, capsys):
     assert cli.main(["eval", *args, "--methods", "full", "--out", str(tmp_path / "o"), "--no-progress"]) == 2

@@ -84,7 +84,7 @@ def context_needs(config) -> list[tuple[str, int, int, str]]:
     the prompt, what those are)`` per length, from ``--lengths`` (or each task's default lengths) and
     ``--max-new-tokens`` (or each task's generation length). Chat templates and questions come on top (needle,
     code, longbench), so these are lower bounds; a RULER length already includes its generation."""
-    from lavakv.eval.tasks import code, fidelity, longbench, needle, ruler
+    from lavakv.eval.tasks import code, fidelity, longbench, multiquestion, needle, ruler
 
     options = config.options
     override = options.max_new_tokens
@@ -107,6 +107,9 @@ def context_needs(config) -> list[tuple[str, int, int, str]]:
                 planned = ruler.TOKENS_TO_GENERATE.get(kind, 0)  # inside the length already
                 add(f"ruler/{sub}", ruler.DEFAULT_LENGTHS, max(0, (override or planned) - planned),
                     "--max-new-tokens beyond RULER's planned generation")
+        elif family == "multiquestion":  # each document is cut so its longest question and answer fit the length
+            for sub in subs or multiquestion.SUBTASKS:
+                add(f"multiquestion/{sub}", multiquestion.DEFAULT_LENGTHS, 0, "the generation (inside the length)")
         elif family == "longbench":
             datasets = subs or longbench.ENGLISH_16
             longest = max(longbench.MAX_NEW_TOKENS.get(d, 0) for d in datasets)
