@@ -60,6 +60,12 @@ def test_code_sim_takes_the_first_line_without_comment_or_fence():
     assert metrics.code_sim("# only comments", "return x") == 0.0
 
 
+def test_code_sim_is_a_whole_percent_as_longbench_scores_it():
+    """LongBench's fuzzywuzzy ratio is an integer percent: 2 * matches / total characters, rounded."""
+    assert metrics.code_sim("abc", "abd") == 0.67  # 2 * 2 / 6 = 66.7 %
+    assert metrics.code_sim("return x + 2", "return x + 1") == round(100 * 2 * 11 / 24) / 100  # 91.7 -> 0.92
+
+
 def test_string_match_all_is_the_fraction_of_references_found():
     assert metrics.string_match_all("VAR ABCDE, var fghij", ["ABCDE", "FGHIJ", "KLMNO"]) == pytest.approx(2 / 3)
     assert metrics.ruler_postprocess("  1234\x00567 ") == "1234\n567"

@@ -14,7 +14,8 @@ the official ``metrics.py`` / ``eval.py`` of THUDM/LongBench (MIT) rule for rule
   as the official one does.
 * ``retrieval`` / ``count``: the fraction of the numbers in the prediction that equal the answer's.
 * ``code_sim``: the first line of the prediction without a backtick, ``#`` or ``//``; its fuzzy ratio to the
-  reference (``rapidfuzz.fuzz.ratio``, MIT, in place of the GPL ``fuzzywuzzy``).
+  reference (``rapidfuzz.fuzz.ratio``, MIT, in place of the GPL ``fuzzywuzzy``), rounded to a whole percent as
+  ``fuzzywuzzy.fuzz.ratio`` returns it.
 * Chinese tasks (``qa_f1_zh``, ``rouge_zh``) segment with ``jieba``, imported when first used.
 """
 
@@ -193,7 +194,7 @@ def code_sim(prediction: str, reference: str, **_) -> float:
             "pip install 'lavakv[eval]'"
         ) from error
 
-    return fuzz.ratio(first_code_line(prediction), reference) / 100.0
+    return round(fuzz.ratio(first_code_line(prediction), reference)) / 100.0  # fuzzywuzzy rounds to whole percent
 
 
 # -- RULER --------------------------------------------------------------------------------------------------------
