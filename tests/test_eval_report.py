@@ -251,7 +251,7 @@ def test_report_refuses_runs_its_tables_cannot_tell_apart(against, tmp_path):
     _write_run(tmp_path, "lava", 64, {i: 1.0 for i in ids}, window=8)
     _write_run(tmp_path, "lava", 64, {i: 0.0 for i in ids}, window=16)
     with pytest.raises(ValueError, match=r"two runs of lava at budget 64 on needle \| tiny \| query-aware differ in "
-                                         r"method.window \(.*w(8|16)4?, .*w(8|16)4?\); the tables cannot tell them apart"):
+                                         r"method.window \(.*w(8|16)4?, .*w(8|16)4?\); the tables cannot tell"):
         report([tmp_path], plots=tmp_path / "plots", against=against, resamples=500)
 
 
@@ -497,3 +497,15 @@ def test_eval_tables_group_by_label(tmp_path, capsys, monkeypatch):
     assert "**exact**: tiny, needle, query-aware; paired against lava[alpha=0.2], pairs per cell: [4];" in paired
     assert "| lava | -50 [-50, -50] - 0/0/4 | +50 [+50, +50] + 4/0/0 |" in paired
     assert "full" not in paired  # only the reference's preset
+
+
+def test_a_finished_run_missing_records_is_a_damaged_file(tmp_path):
+    """metrics.json lists 4 samples, predictions.jsonl holds 2: the report used to average the 2 silently."""
+    from lavakv.eval.report import report
+
+    ids = _ids(4)
+    directory = _write_run(tmp_path, "lava", 64, {i: float(n % 2) for n, i in enumerate(ids)})
+    path = directory / "predictions.jsonl"
+    path.write_text("".join(line + "\n" for line in path.read_text().splitlines()[:2]))
+    with pytest.raises(ValueError, match=r"damaged results file \(metrics.json lists 2 sample\(s\) with no record"):
+        report([tmp_path], plots=tmp_path / "plots", resamples=500)

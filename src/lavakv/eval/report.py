@@ -120,6 +120,10 @@ def _sample_scores(directory: Path, config: dict[str, Any], metrics: dict[str, A
         if "id" in record:
             by_id.setdefault(str(record["id"]), record)
     ids = [str(i) for i in metrics.get("sample_ids") or []] if metrics else []
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise damaged_file(directory / PREDICTIONS, f"{METRICS} lists {len(missing)} sample(s) with no record here: "
+                                                    f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
     ids = ids or list(by_id)
     names: list[str] = []
     for i in ids:
