@@ -316,3 +316,19 @@ def test_a_row_that_is_all_padding_is_an_empty_prompt(chunk_size):
         with pytest.raises(ValueError, match="a row of the attention mask is all padding"):
             model.generate(ids, attention_mask=mask, past_key_values=session.cache(), max_new_tokens=2,
                            do_sample=False, pad_token_id=0, **({"prefill_chunk_size": 16} if chunk_size else {}))
+
+
+def test_a_model_without_a_language_model_head_is_refused():
+    """LlamaModel returns no logits and LlamaForSequenceClassification's "logits" are class scores."""
+    from transformers import LlamaForSequenceClassification, LlamaModel
+
+    config = tiny_model("llama").config
+    for cls in (LlamaModel, LlamaForSequenceClassification):
+        with pytest.raises(TypeError, match="not one. Load the model with AutoModelForCausalLM"):
+            lavakv.method("snapkv", budget=16, window=4).attach(cls(config))
+
+    class Mine(type(tiny_model("llama"))):  # a subclass of a causal LM is one
+        pass
+
+    with lavakv.method("snapkv", budget=16, window=4).attach(Mine(config)):
+        pass

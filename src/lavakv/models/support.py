@@ -27,3 +27,9 @@ def check_supported(model: torch.nn.Module) -> None:
         )
     if not hasattr(model, "set_attn_implementation"):
         raise TypeError(f"{type(model).__name__} is not a transformers PreTrainedModel; pass the loaded model itself")
+    # e.g. LlamaModel (no logits) or LlamaForSequenceClassification; a subclass of a *ForCausalLM class is fine
+    if not any(cls.__name__.endswith("ForCausalLM") for cls in type(model).__mro__):
+        raise TypeError(
+            f"lavakv compresses the cache of a causal language model; {type(model).__name__} is not one. Load the "
+            "model with AutoModelForCausalLM"
+        )
