@@ -452,3 +452,18 @@ def test_fidelity_runs_chunked_and_kvzip_methods(tmp_path):
         assert b["scores"]["attention_error"] != b["scores"]["attention_error"]  # NaN
         assert a["scores"]["attention_error"] >= 0
     assert all(r["scores"]["kl"] >= 0 for r in records["kvzip-b40"])
+
+
+def test_a_resumed_session_records_its_threads_device_and_dtype(tmp_path):
+    """Each later session of a run records how it ran (threads, device, dtype), not only the code it ran."""
+    model, tokenizer = tiny_eval_pair()
+    run_eval(model, tokenizer, _config(tmp_path, samples=1), model_id="tiny", progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if threads > 1 else 2)
+    try:
+        more = run_eval(model, tokenizer, _config(tmp_path, samples=2), model_id="tiny", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    later = json.loads((more[0].directory / "provenance.json").read_text())["later_sessions"][0]
+    assert later["threads"] == (1 if threads > 1 else 2)
+    assert later["device"] == "cpu" and later["dtype"] == "float32"

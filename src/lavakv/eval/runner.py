@@ -519,7 +519,8 @@ def run_eval(model, tokenizer, config: EvalConfig, *, model_id: str, progress: b
     if shard.distributed:
         session_record["world_size"] = shard.world_size
     later_session = {k: session_record.get(k) for k in ("lavakv_version", "git", "torch", "transformers",
-                                                         "model_sha256", "started_at", "world_size")
+                                                         "model_sha256", "started_at", "world_size", "threads",
+                                                         "device", "dtype", "attn_implementation", "platform")
                      if k in session_record}
     with torch.no_grad(), full.attach(model) as session:
         for task in tasks:
