@@ -95,6 +95,7 @@ def test_directory_names_are_filesystem_safe_and_plain_presets_unchanged():
     ("lava[budget=64]", "budget is set for every method by --budgets"),
     ("lava[layers=uniform]", "layers is a component of the preset"),
     ("lava[alpha=0.2],lava[alpha=.2]", "duplicate runs"),
+    ("lava[alpha=-0.0],lava[alpha=0]", "duplicate runs"),  # -0.0 is 0.0
 ])
 def test_bad_entries_are_refused_with_the_reason(methods, message):
     with pytest.raises(ValueError, match=message):

@@ -124,7 +124,7 @@ def _number_text(value: int | float) -> str:
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
-    text = repr(float(value))
+    text = repr(float(value) + 0.0)
     return text[:-2] if text.endswith(".0") else text
 
 
@@ -133,7 +133,7 @@ def _untyped(raw: str) -> Any:
     if _INT.fullmatch(raw):
         return int(raw)
     if _FLOAT.fullmatch(raw):
-        return float(raw)
+        return float(raw) + 0.0  # -0.0 is 0.0 (one label, one run directory)
     return raw
 
 
@@ -170,7 +170,7 @@ def _typed(entry: str, key: str, raw: str, default: Any) -> Any:
     if isinstance(default, float):
         if not _FLOAT.fullmatch(raw) or not math.isfinite(float(raw)):
             raise ValueError(f"--methods entry {entry!r}: {key} is a number, got {raw!r}")
-        return float(raw)
+        return float(raw) + 0.0  # -0.0 is 0.0
     if isinstance(default, str):
         return raw
     return _untyped(raw)
