@@ -217,3 +217,11 @@ def test_longbench_without_a_directory_reads_the_datasets_cache_offline(monkeypa
     monkeypatch.setitem(sys.modules, "datasets", None)  # not installed
     with pytest.raises(ValueError, match="`datasets` library is not installed"):
         LongBenchTask(char_tokenizer(), TaskOptions(), "hotpotqa")
+
+
+def test_a_ruler_length_shorter_than_the_tasks_fixed_text_is_refused():
+    """niah_single_1 at 400 tokens needs more than 400 (its fixed text plus 128 to generate): refused, not a
+    sample labelled 400 that is longer."""
+    task = RulerTask(char_tokenizer(), TaskOptions(lengths=[400], samples=1), "niah_single_1")
+    with pytest.raises(ValueError, match="length 400 is too short for this task's fixed text"):
+        task.sample(0)

