@@ -376,3 +376,18 @@ def test_eval_refused_while_another_process_holds_the_lock(tiny_eval, tmp_path, 
     finally:
         holder.communicate("\n", timeout=60)
     assert holder.returncode == 0
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--task", "ruler:vt", "--depths", "0.5"], "--depths would change nothing"),
+    (["--task", "code", "--data-dir", "."], "--data-dir would change nothing"),
+    (["--task", "needle", "--continuation", "32"], "--continuation would change nothing"),
+    (["--task", "fidelity", "--max-new-tokens", "8"], "--max-new-tokens would change nothing"),
+    (["--task", "needle", "--methods", "full", "--budgets", "64"], "--budgets would change nothing"),
+    (["--task", "ruler:"], "lists no subtask after ':'"),
+])
+def test_eval_flags_no_task_reads_are_refused_before_loading(args, message, tiny_eval, tmp_path, capsys):
+    """A flag the chosen tasks never read used to be ignored silently."""
+    assert cli.main(["eval", *args, "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert message in _one_error_line(capsys)
+    assert tiny_eval == []

@@ -55,8 +55,22 @@ def config_from_args(args: argparse.Namespace):
         raise ValueError(f"--lengths must be positive token counts, got {args.lengths!r}")
     if depths and not all(0.0 <= d <= 1.0 for d in depths):
         raise ValueError(f"--depths must be fractions in [0, 1] (0 = start, 1 = end), got {args.depths!r}")
-    if "fidelity" in families and args.continuation < 2:
-        raise ValueError(f"--continuation must be >= 2 tokens for fidelity, got {args.continuation}")
+    unread = [flag for flag, given, readers in (
+        ("--depths", depths is not None, {"needle"}), ("--haystack-file", args.haystack_file is not None, {"needle"}),
+        ("--data-dir", args.data_dir is not None, {"longbench"}),
+        ("--continuation", args.continuation is not None, {"fidelity"}),
+        ("--max-new-tokens", args.max_new_tokens is not None, set(TASK_NAMES) - {"fidelity"}),
+    ) if given and not families & readers]
+    if unread:
+        raise ValueError(f"{', '.join(unread)} would change nothing: no task of --task {args.task!r} reads it "
+                         "(--depths and --haystack-file: needle; --data-dir: longbench; --continuation: fidelity; "
+                         "--max-new-tokens: every task but fidelity); drop it or add the task")
+    continuation = 64 if args.continuation is None else args.continuation
+    if "fidelity" in families and continuation < 2:
+        raise ValueError(f"--continuation must be >= 2 tokens for fidelity, got {continuation}")
+    if args.budgets is not None and all(spec.split("[")[0].strip() == "full" for spec in split_methods(args.methods)):
+        raise ValueError("--budgets would change nothing: every method in --methods is full (uncompressed); add a "
+                         "compressing method or drop --budgets")
     haystack_file = args.haystack_file
     if haystack_file is not None:
         read_text_file(haystack_file, "--haystack-file", "give a text file to use as haystack")
@@ -67,7 +81,7 @@ def config_from_args(args: argparse.Namespace):
     out = check_out_dir(args.out, "--out")
     options = TaskOptions(lengths=lengths, depths=depths, samples=args.samples, seed=args.seed,
                           max_new_tokens=args.max_new_tokens, chat=not args.no_chat,
-                          haystack_file=haystack_file, data_dir=args.data_dir, continuation=args.continuation)
+                          haystack_file=haystack_file, data_dir=args.data_dir, continuation=continuation)
     ratios = parse_csv(args.compression_ratios, float, "--compression-ratios")
     budgets = args.budgets if args.budgets is not None else (None if ratios else DEFAULT_BUDGETS)
     config = EvalConfig(
@@ -247,8 +261,8 @@ def add_subcommands(subparsers, parents: Sequence[argparse.ArgumentParser] = ())
     p.add_argument("--haystack-file", default=None, help="needle: UTF-8 text file to use as haystack")
     p.add_argument("--data-dir", default=None,
                    help="longbench: directory of the official <dataset>.jsonl files (else the datasets cache)")
-    p.add_argument("--continuation", type=int, default=64,
-                   help="fidelity: teacher-forced tokens after the prompt (default: %(default)s)")
+    p.add_argument("--continuation", type=int, default=None,
+                   help="fidelity: teacher-forced tokens after the prompt (default: 64)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="override each task's generation length")
     p.add_argument("--window", type=int, default=32, help="observation window, always kept (default: %(default)s)")
     p.add_argument("--no-chat", action="store_true", help="never use the tokenizer's chat template")

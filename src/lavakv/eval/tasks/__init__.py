@@ -40,7 +40,10 @@ def parse_task_spec(spec: str) -> list[tuple[str, list[str] | None]]:
             before, _, subs = part.partition(":")
             *plain, family = before.split(",")
             groups.extend((name.strip(), None) for name in plain if name.strip())
-            groups.append((family.strip(), [s.strip() for s in subs.split(",") if s.strip()]))
+            listed = [s.strip() for s in subs.split(",") if s.strip()]
+            if not listed:
+                raise ValueError(f"--task {part!r} lists no subtask after ':'; name some, or drop the ':' for all")
+            groups.append((family.strip(), listed))
         else:
             groups.extend((name.strip(), None) for name in part.split(",") if name.strip())
     if not groups:
