@@ -12,15 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from lavakv.cli.arguments import (
-    apply_threads,
-    check_fits,
-    check_model_request,
-    check_out_dir,
-    check_threads,
-    parse_csv,
-    read_text_file,
-)
+from lavakv.cli.arguments import check_fits, check_model_request, check_out_dir, parse_csv, read_text_file
 from lavakv.eval.specs import split_methods
 from lavakv.eval.tasks import TASK_NAMES, TaskOptions, parse_task_spec
 
@@ -167,6 +159,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     (:class:`lavakv.eval.runner.Shard`); the rank that finishes a run last merges it, and the table is printed by
     the rank that finds every run finished.
     """
+    from lavakv.cli.arguments import apply_threads, check_threads
     from lavakv.eval.lock import eval_lock
     from lavakv.eval.report import load_run, table
     from lavakv.eval.runner import run_eval, shard_from_env
