@@ -582,18 +582,6 @@ class Session:
             return None
         compressor = self.compressor(cache)
         mask = kwargs.get("attention_mask")
-        if isinstance(mask, torch.Tensor) and mask.dim() == 2 and tensor is not None and tensor.dim() >= 2:
-            expected = (tensor.shape[0], cache.get_seq_length() + tensor.shape[1])
-            if tuple(mask.shape) != expected:
-                raise ValueError(
-                    f"attention_mask has shape {tuple(mask.shape)} for {tensor.shape[1]} new tokens on a cache holding "
-                    f"{cache.get_seq_length()}: it must be [batch, held + new] = {list(expected)} (1 on real tokens, "
-                    "0 on left padding)"
-                )
-            chunked = compressor.components is not None and compressor.components.chunk_size is not None
-            # (a chunked prefill's first chunk may be all padding for a row: checked when its prefill ends)
-            if cache.get_seq_length() == 0 and not chunked and not bool((mask != 0).any(dim=-1).all()):
-                raise ValueError(EMPTY_ROW)
         if kwargs.get("output_attentions"):
             raise ValueError("lavakv does not return attention weights (output_attentions=True); drop that option")
         new = tensor.shape[1] if tensor is not None and tensor.dim() >= 2 else 1
@@ -648,6 +636,18 @@ class Session:
                     f"them past it. Use chunks longer than the sliding window (chunk_size and prefill_chunk_size > "
                     f"{window}; longer sliding layers are left to transformers), or one chunk for the whole prompt"
                 )
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2 and tensor is not None and tensor.dim() >= 2:
+            expected = (tensor.shape[0], cache.get_seq_length() + tensor.shape[1])
+            if tuple(mask.shape) != expected:
+                raise ValueError(
+                    f"attention_mask has shape {tuple(mask.shape)} for {tensor.shape[1]} new tokens on a cache holding "
+                    f"{cache.get_seq_length()}: it must be [batch, held + new] = {list(expected)} (1 on real tokens, "
+                    "0 on left padding)"
+                )
+            chunked = compressor.components is not None and compressor.components.chunk_size is not None
+            # (a chunked prefill's first chunk may be all padding for a row: checked when its prefill ends)
+            if cache.get_seq_length() == 0 and not chunked and not bool((mask != 0).any(dim=-1).all()):
+                raise ValueError(EMPTY_ROW)
         if isinstance(mask, torch.Tensor) and mask.dim() == 2 and compressing and (
                 held == 0 or (chunk is not None and new > 1 and not extending)):
             real = mask != 0
