@@ -637,16 +637,14 @@ class Session:
                     f"{window}; longer sliding layers are left to transformers), or one chunk for the whole prompt"
                 )
         if isinstance(mask, torch.Tensor) and mask.dim() == 2 and tensor is not None and tensor.dim() >= 2:
-            expected = (tensor.shape[0], cache.get_seq_length() + tensor.shape[1])
+            expected = (tensor.shape[0], held + tensor.shape[1])
             if tuple(mask.shape) != expected:
                 raise ValueError(
                     f"attention_mask has shape {tuple(mask.shape)} for {tensor.shape[1]} new tokens on a cache holding "
-                    f"{cache.get_seq_length()}: it must be [batch, held + new] = {list(expected)} (1 on real tokens, "
-                    "0 on left padding)"
+                    f"{held}: it must be [batch, held + new] = {list(expected)} (1 on real tokens, 0 on left padding)"
                 )
-            chunked = compressor.components is not None and compressor.components.chunk_size is not None
             # (a chunked prefill's first chunk may be all padding for a row: checked when its prefill ends)
-            if cache.get_seq_length() == 0 and not chunked and not bool((mask != 0).any(dim=-1).all()):
+            if held == 0 and chunk is None and not bool((mask != 0).any(dim=-1).all()):
                 raise ValueError(EMPTY_ROW)
         if isinstance(mask, torch.Tensor) and mask.dim() == 2 and compressing and (
                 held == 0 or (chunk is not None and new > 1 and not extending)):
