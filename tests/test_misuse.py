@@ -332,3 +332,34 @@ def test_a_model_without_a_language_model_head_is_refused():
 
     with lavakv.method("snapkv", budget=16, window=4).attach(Mine(config)):
         pass
+
+
+def test_input_ids_of_the_wrong_rank_or_no_rows_are_refused_by_name():
+    """A 1-D prompt or a batch of 0 rows failed inside the model's attention with a reshape error."""
+    model = tiny_model("llama")
+    ids, mask = prompt(batch=1, length=30)
+    m = lavakv.method("snapkv", budget=12, window=4)
+    with m.attach(model) as session, torch.no_grad():
+        with pytest.raises(ValueError, match=r"input_ids has shape \[30\]: it must be \[batch, tokens\]"):
+            model(ids[0], past_key_values=session.cache())
+        with pytest.raises(ValueError, match="empty batch: input_ids has 0 rows"):
+            session.prefill(ids[:0], mask[:0], [m])
+        with pytest.raises(ValueError, match=r"inputs_embeds has shape \[30, 64\]"):
+            model(inputs_embeds=model.get_input_embeddings()(ids)[0], past_key_values=session.cache())
+
+
+def test_a_component_given_as_a_list_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"unknown layers \['lava'\]; choose one of \(a name, as a string\)"):
+        lavakv.method("lava", budget=16, window=4, layers=["lava"])
+    import dataclasses
+
+    with pytest.raises(ValueError, match=r"unknown heads \('adaptive',\)"):
+        dataclasses.replace(lavakv.method("lava", budget=16, window=4), heads=("adaptive",))
+
+
+@pytest.mark.parametrize("seed", [2**64, -(2**63) - 1, 2**70])
+def test_a_random_seed_torch_cannot_take_is_refused_by_name(seed):
+    with pytest.raises(ValueError, match=r"seed=.* is outside the range a torch generator takes"):
+        lavakv.method("random", budget=16, window=4, seed=seed)
+    lavakv.method("random", budget=16, window=4, seed=2**64 - 1)  # the edges torch takes are accepted
+    lavakv.method("random", budget=16, window=4, seed=-(2**63))

@@ -40,6 +40,17 @@ PRESETS: dict[str, tuple[str, str, str] | None] = {
 }
 
 
+def _check_components(scorer: Any, layers: Any, heads: Any) -> None:
+    """Each component is the name (a string) of a registered scorer / layer allocation / head allocation."""
+    for kind, value, registry in (
+        ("scorer", scorer, SCORERS),
+        ("layers", layers, LAYER_ALLOCATIONS),
+        ("heads", heads, HEAD_ALLOCATIONS),
+    ):
+        if not isinstance(value, str) or value not in registry:
+            raise ValueError(f"unknown {kind} {value!r}; choose one of (a name, as a string): {', '.join(registry)}")
+
+
 def _fields(cls) -> dict[str, Any]:
     return {f.name: f.default for f in dataclasses.fields(cls)}
 
@@ -90,7 +101,8 @@ class Method:
     def _build_components(self) -> Components | None:
         if self.scorer is None:
             return None
-        # budgets are checked here too, for a Method built directly or changed with dataclasses.replace
+        # components and budgets are checked here too, for a Method built directly or changed with dataclasses.replace
+        _check_components(self.scorer, self.layers, self.heads)
         validate_budget(self.budget, self.compression_ratio, self.window)
         interval = validate_decode_budget(self.decode_budget, self.decode_interval, self.budget, self.window)
         validate_chunk_size(self.chunk_size, self.window)
@@ -186,13 +198,7 @@ def method(
     scorer = scorer or preset[0]
     layers = layers or preset[1]
     heads = heads or preset[2]
-    for kind, value, registry in (
-        ("scorer", scorer, SCORERS),
-        ("layers", layers, LAYER_ALLOCATIONS),
-        ("heads", heads, HEAD_ALLOCATIONS),
-    ):
-        if value not in registry:
-            raise ValueError(f"unknown {kind} {value!r}; choose one of: {', '.join(registry)}")
+    _check_components(scorer, layers, heads)
     validate_budget(budget, compression_ratio, window)
     decode_interval = validate_decode_budget(decode_budget, decode_interval, budget, window)
     validate_chunk_size(chunk_size, window)

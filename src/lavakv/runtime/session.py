@@ -575,7 +575,14 @@ class Session:
         ids = kwargs.get("input_ids", args[0] if args else None)
         embeds = kwargs.get("inputs_embeds")
         tensor = ids if ids is not None else embeds
-        if tensor is not None and tensor.dim() >= 2 and tensor.shape[1] == 0:
+        if ids is not None and ids.dim() != 2:
+            raise ValueError(f"input_ids has shape {list(ids.shape)}: it must be [batch, tokens] (one prompt: "
+                             "ids[None], or tokenizer(text, return_tensors='pt').input_ids)")
+        if ids is None and embeds is not None and embeds.dim() != 3:
+            raise ValueError(f"inputs_embeds has shape {list(embeds.shape)}: it must be [batch, tokens, hidden]")
+        if tensor is not None and tensor.shape[0] == 0:
+            raise ValueError("empty batch: input_ids has 0 rows; give at least one prompt")
+        if tensor is not None and tensor.shape[1] == 0:
             raise ValueError("empty prompt: input_ids has 0 tokens; give at least one token to generate from")
         cache = cache_from(kwargs)
         if not isinstance(cache, CompressedCache):

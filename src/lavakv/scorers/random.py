@@ -16,6 +16,8 @@ def random_scores(inputs: ScoringInputs, *, seed: int = 0) -> torch.Tensor:
     keeps, row by row, what each row keeps alone, on every device. Returns float32 ``[batch, kv_heads, tokens]``:
     +inf on the window, -inf on padding.
     """
+    if not -(2**63) <= seed < 2**64:
+        raise ValueError(f"random: seed={seed} is outside the range a torch generator takes, [-2**63, 2**64)")
     generator = torch.Generator(device="cpu").manual_seed(seed)
     draws = torch.rand((inputs.tokens, inputs.kv_heads), generator=generator, dtype=torch.float32)
     valid = inputs.key_valid(inputs.kv_heads).cpu()  # [b, 1 or kv_heads, tokens]
