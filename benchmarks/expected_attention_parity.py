@@ -6,7 +6,9 @@ at its defaults (prompt statistics, 4 sinks, horizon 512, value norms). Compared
 after the 4 sink tokens (kvpress gives them max + 1, lavakv the layer's maximum) and before lavakv's 32-token window
 (which lavakv keeps without scoring). ``--statistics window`` scores with lavakv's earlier statistics instead
 (a check that the comparison can tell them apart). Reported per layer: the largest relative difference of the
-scores, and the share of each KV head's top 10 % / 25 % that both keep.
+scores, the share of each KV head's top 10 % / 25 % that both keep, and the largest magnitude of lavakv's logits
+(the exponent of the expected exponentiated logit) with float32's spacing there: two float32 computations done in
+another order can differ by a few spacings, which the softmax turns into a factor exp(difference).
 
     python benchmarks/expected_attention_parity.py --out benchmarks/results/expected_attention_parity_smollm2-135m.json
 """
@@ -25,16 +27,27 @@ from prompts import prompt_ids, save_ids
 
 import lavakv
 from lavakv.models import converted_dir, load_model
+from lavakv.scorers.expected_attention import expected_logits
 
 HERE = Path(__file__).resolve().parent
 
 
-def lavakv_scores(model, ids: torch.Tensor, window: int, statistics: str) -> dict[int, torch.Tensor]:
-    """Every layer's ``expected-attention`` scores ``[batch, kv_heads, tokens]`` from one lavakv prefill."""
+def lavakv_scores(model, ids: torch.Tensor, window: int, statistics: str
+                  ) -> tuple[dict[int, torch.Tensor], dict[int, float]]:
+    """Every layer's ``expected-attention`` scores ``[batch, kv_heads, tokens]`` from one lavakv prefill, and the
+    largest magnitude of the logits its softmax normalises (the keys past the 4 sinks)."""
     method = lavakv.method("expected-attention", budget=window, window=window, statistics=statistics)
     with recorded_scorer("expected-attention", ids.shape[1]) as calls, method.attach(model) as session:
         session.prefill(ids, None, [method])
-    return {layer: scores.cpu() for layer, (_, scores) in enumerate(calls)}
+    largest = {layer: float(expected_logits(inputs, horizon=512, statistics=statistics, n_sink=4)[:, :, 4:].abs().max())
+               for layer, (inputs, _) in enumerate(calls)}
+    return {layer: scores.cpu() for layer, (_, scores) in enumerate(calls)}, largest
+
+
+def float32_spacing(x: float) -> float:
+    """The gap between float32 ``x`` and the next float32 above it (the resolution of a logit of that size)."""
+    t = torch.tensor(abs(x), dtype=torch.float32)
+    return float(torch.nextafter(t, torch.tensor(float("inf"))) - t)
 
 
 def overlap(a: torch.Tensor, b: torch.Tensor, keep: int) -> float:
@@ -62,14 +75,15 @@ def main() -> None:
                         "--ids", str(Path(work) / "ids.pt"), "--out", str(Path(work) / "scores.pt")],
                        cwd=HERE, check=True)
         theirs = torch.load(Path(work) / "scores.pt")
-    ours = lavakv_scores(model, ids, args.window, args.statistics)
+    ours, largest = lavakv_scores(model, ids, args.window, args.statistics)
     span = slice(4, args.tokens - args.window)
     rows = []
     for layer in sorted(ours):
         a, b = ours[layer][0, :, span].double(), theirs["scores"][layer][0, :, span].double()
         rows.append({"layer": layer, "max_relative_difference": float(((a - b).abs() / b.abs().clamp_min(1e-30)).max()),
                      "top10_shared": overlap(a, b, round(0.1 * a.shape[1])),
-                     "top25_shared": overlap(a, b, round(0.25 * a.shape[1]))})
+                     "top25_shared": overlap(a, b, round(0.25 * a.shape[1])),
+                     "largest_abs_logit": largest[layer], "float32_spacing_there": float32_spacing(largest[layer])})
     worst = max(r["max_relative_difference"] for r in rows)
     print(f"kvpress {theirs['kvpress']}: {theirs['press']}")
     top10, top25 = min(r["top10_shared"] for r in rows), min(r["top25_shared"] for r in rows)

@@ -27,42 +27,13 @@ def _back(q: torch.Tensor, freq64: torch.Tensor, first: int, start: int) -> torc
     return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin, block[..., 2 * half :]], dim=-1)
 
 
-def expected_attention_scores(
-    inputs: ScoringInputs, *, horizon: int = 512, values: bool = True, statistics: str = "prompt", n_sink: int = 4
-) -> torch.Tensor:
-    """Score each key by the attention the next ``horizon`` queries are expected to give it.
+def expected_logits(inputs: ScoringInputs, *, horizon: int, statistics: str, n_sink: int) -> torch.Tensor:
+    """The expected exponentiated logit's exponent, s k.mu + s^2 k^T Sigma k / 2, of every key for every query
+    head (see :func:`expected_attention_scores`; options already checked), before sinks and padding are masked.
 
-    The paper (§3) models the hidden states, hence the queries, as Gaussian. A query q_c seen at column c, asked
-    again at future position n + t, is R(n + t - c) q_c (RoPE rotates each rotate-half plane by its angle; only
-    the offset matters, so left padding and compacted caches give the same result). Averaging the rotation over
-    t in [0, ``horizon``) gives the averaged rotation R_avg(n) applied to u_c = R(-c) q_c, so the future query is
-    Gaussian with mean mu = R_avg E[u] and covariance Sigma = R_avg Cov[u] R_avg^T, per query head, over the
-    queries ``statistics`` names: ``"prompt"`` = every query the scorer is given (the whole prompt at an exact
-    prefill and at a chunked one's first chunk; the ring of the last w queries after later chunks and at
-    decode-time eviction) except the first ``n_sink`` real tokens (the authors' kvpress code);
-    ``"window"`` = the last w queries only. For a Gaussian query the expected exponentiated logit is
-    exp(s k.mu + s^2 k^T Sigma k / 2) (s the softmax scale); normalised over the layer's real keys this is the
-    expected attention, averaged over each KV head's query group, times the key's value L2 norm when ``values``.
-    The first ``n_sink`` real entries of each head (attention sinks) are left out of the softmax and get the
-    layer's highest score, so every allocation keeps them (as kvpress does); ``n_sink=0`` turns that off.
-
-    Args:
-        inputs: uses ``queries`` (or :meth:`ScoringInputs.window_queries`), ``keys``, ``values``, ``valid`` and
-            ``rope_inv_freq`` (required).
-        horizon: future positions averaged over (>= 1).
-        values: multiply by ||v_i||_2 (an entry's contribution to the output scales with its value's norm).
-        statistics: ``"prompt"`` or ``"window"`` (see above).
-        n_sink: leading real tokens left out of the statistics and always kept (>= 0).
-
-    Returns float32 ``[batch, kv_heads, tokens]``: +inf on the window, -inf on padding. Computed in float32 (the
-    rotation angles in float64).
+    Returns float32 ``[batch, q_heads, tokens]``. Its magnitude can be large (qwen2.5-coder-1.5b's layer 0 reaches
+    millions, where float32's spacing is about 1): the softmax then depends on the last bit of each logit.
     """
-    if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
-        raise ValueError(f"horizon must be an integer >= 1 (future positions), got {horizon!r}")
-    if statistics not in STATISTICS:
-        raise ValueError(f"statistics must be one of {', '.join(map(repr, STATISTICS))}, got {statistics!r}")
-    if isinstance(n_sink, bool) or not isinstance(n_sink, int) or n_sink < 0:
-        raise ValueError(f"n_sink must be an integer >= 0 (leading tokens kept; 0 = none), got {n_sink!r}")
     freq = inputs.rope_inv_freq
     if freq is None:
         raise ValueError(
@@ -111,7 +82,48 @@ def expected_attention_scores(
         k = inputs.keys[:, :, start : start + _BLOCK].float()[:, :, None]  # [b, h_kv, 1, block, d]
         linear = (k @ mu_g.transpose(-1, -2)).squeeze(-1)  # [b, h_kv, g, block]
         logits[..., start : start + k.shape[3]] = s * linear + 0.5 * s * s * ((k @ sigma_g) * k).sum(-1)
-    logits = logits.view(b, hq, n)
+    return logits.view(b, hq, n)
+
+
+def expected_attention_scores(
+    inputs: ScoringInputs, *, horizon: int = 512, values: bool = True, statistics: str = "prompt", n_sink: int = 4
+) -> torch.Tensor:
+    """Score each key by the attention the next ``horizon`` queries are expected to give it.
+
+    The paper (§3) models the hidden states, hence the queries, as Gaussian. A query q_c seen at column c, asked
+    again at future position n + t, is R(n + t - c) q_c (RoPE rotates each rotate-half plane by its angle; only
+    the offset matters, so left padding and compacted caches give the same result). Averaging the rotation over
+    t in [0, ``horizon``) gives the averaged rotation R_avg(n) applied to u_c = R(-c) q_c, so the future query is
+    Gaussian with mean mu = R_avg E[u] and covariance Sigma = R_avg Cov[u] R_avg^T, per query head, over the
+    queries ``statistics`` names: ``"prompt"`` = every query the scorer is given (the whole prompt at an exact
+    prefill and at a chunked one's first chunk; the ring of the last w queries after later chunks and at
+    decode-time eviction) except the first ``n_sink`` real tokens (the authors' kvpress code);
+    ``"window"`` = the last w queries only. For a Gaussian query the expected exponentiated logit is
+    exp(s k.mu + s^2 k^T Sigma k / 2) (s the softmax scale); normalised over the layer's real keys this is the
+    expected attention, averaged over each KV head's query group, times the key's value L2 norm when ``values``.
+    The first ``n_sink`` real entries of each head (attention sinks) are left out of the softmax and get the
+    layer's highest score, so every allocation keeps them (as kvpress does); ``n_sink=0`` turns that off.
+
+    Args:
+        inputs: uses ``queries`` (or :meth:`ScoringInputs.window_queries`), ``keys``, ``values``, ``valid`` and
+            ``rope_inv_freq`` (required).
+        horizon: future positions averaged over (>= 1).
+        values: multiply by ||v_i||_2 (an entry's contribution to the output scales with its value's norm).
+        statistics: ``"prompt"`` or ``"window"`` (see above).
+        n_sink: leading real tokens left out of the statistics and always kept (>= 0).
+
+    Returns float32 ``[batch, kv_heads, tokens]``: +inf on the window, -inf on padding. Computed in float32 (the
+    rotation angles in float64).
+    """
+    if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
+        raise ValueError(f"horizon must be an integer >= 1 (future positions), got {horizon!r}")
+    if statistics not in STATISTICS:
+        raise ValueError(f"statistics must be one of {', '.join(map(repr, STATISTICS))}, got {statistics!r}")
+    if isinstance(n_sink, bool) or not isinstance(n_sink, int) or n_sink < 0:
+        raise ValueError(f"n_sink must be an integer >= 0 (leading tokens kept; 0 = none), got {n_sink!r}")
+    logits = expected_logits(inputs, horizon=horizon, statistics=statistics, n_sink=n_sink)  # [b, hq, n]
+    b, hq, n = logits.shape
+    kv = inputs.kv_heads
     held = inputs.key_valid(kv)  # [b, 1 or h_kv, n]
     first = held & (torch.cumsum(held.long(), dim=-1) <= n_sink)  # each head's first n_sink real entries (sinks)
     scored = held & ~first  # the softmax runs over these, as kvpress's does over the keys past its sinks
