@@ -6,7 +6,8 @@ at its defaults (prompt statistics, 4 sinks, horizon 512, value norms). Compared
 after the 4 sink tokens (kvpress gives them max + 1, lavakv the layer's maximum) and before lavakv's 32-token window
 (which lavakv keeps without scoring). ``--statistics window`` scores with lavakv's earlier statistics instead
 (a check that the comparison can tell them apart). Reported per layer: the largest relative difference of the
-scores, the share of each KV head's top 10 % / 25 % that both keep, and the largest magnitude of lavakv's logits
+scores, the share of each KV head's top 10 % / 25 % that both keep, the share of entries each scores exactly 0
+(attention that underflows float32), and the largest magnitude of lavakv's logits
 (the exponent of the expected exponentiated logit) with float32's spacing there: two float32 computations done in
 another order can differ by a few spacings, which the softmax turns into a factor exp(difference).
 
@@ -83,7 +84,9 @@ def main() -> None:
         rows.append({"layer": layer, "max_relative_difference": float(((a - b).abs() / b.abs().clamp_min(1e-30)).max()),
                      "top10_shared": overlap(a, b, round(0.1 * a.shape[1])),
                      "top25_shared": overlap(a, b, round(0.25 * a.shape[1])),
-                     "largest_abs_logit": largest[layer], "float32_spacing_there": float32_spacing(largest[layer])})
+                     "largest_abs_logit": largest[layer], "float32_spacing_there": float32_spacing(largest[layer]),
+                     "zero_scores": float((a == 0).double().mean()),
+                     "zero_scores_kvpress": float((b == 0).double().mean())})
     worst = max(r["max_relative_difference"] for r in rows)
     print(f"kvpress {theirs['kvpress']}: {theirs['press']}")
     top10, top25 = min(r["top10_shared"] for r in rows), min(r["top25_shared"] for r in rows)
