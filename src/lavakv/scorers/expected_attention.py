@@ -31,8 +31,9 @@ def expected_logits(inputs: ScoringInputs, *, horizon: int, statistics: str, n_s
     """The expected exponentiated logit's exponent, s k.mu + s^2 k^T Sigma k / 2, of every key for every query
     head (see :func:`expected_attention_scores`; options already checked), before sinks and padding are masked.
 
-    Returns float32 ``[batch, q_heads, tokens]``. Its magnitude can be large (qwen2.5-coder-1.5b's layer 0 reaches
-    millions, where float32's spacing is about 1): the softmax then depends on the last bit of each logit.
+    Returns float32 ``[batch, q_heads, tokens]``. Its magnitude can be large (6.7e6 in qwen2.5-coder-1.5b's layer 0,
+    where float32's spacing is 0.5; benchmarks/expected_attention_parity.py): there the softmax weights depend on
+    the last bits of each logit.
     """
     freq = inputs.rope_inv_freq
     if freq is None:
