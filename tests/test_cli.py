@@ -180,3 +180,37 @@ def test_bench_rejects_bad_input_before_loading(args, match, tiny, capsys):
     assert cli.main(["bench", *args]) == 2
     assert match in _one_error_line(capsys)
     assert tiny == []  # nothing was loaded
+
+
+@pytest.mark.parametrize("args, match", [
+    (["generate", "--model", "", "--method", "lava", "--budget", "48", "--prompt", "x"], "--model is empty"),
+    (["generate", "--device", "meta", "--method", "lava", "--budget", "48", "--prompt", "x"],
+     "--device meta holds no weights"),
+    (["generate", "--device", "foo", "--method", "lava", "--budget", "48", "--prompt", "x"],
+     "--device 'foo' is not a torch device"),
+    (["generate", "--method", "full", "--window", "8", "--prompt", "x"], "drop --window"),
+    (["eval", "--methods", "full", "--window", "8", "--task", "fidelity", "--out", "o"],
+     "--window would change nothing"),
+])
+def test_empty_model_bad_device_and_no_op_window_are_refused_before_loading(args, match, tiny, capsys, tmp_path,
+                                                                             monkeypatch):
+    """An empty --model loaded the current directory, a bad --device failed inside torch as an internal error, and
+    --window with only the uncompressed method changed nothing."""
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(args) == 2
+    assert match in _one_error_line(capsys)
+    assert tiny == []
+
+
+def test_bench_takes_prompts_shorter_than_a_haystack_and_demo_names_its_option(tiny, tmp_path, capsys):
+    """bench --tokens 49 asked for target_tokens >= 114 (its needle's text source), though nothing needs a needle."""
+    out = tmp_path / "bench"
+    assert cli.main(["bench", "--tokens", "20", "--methods", "snapkv", "--budgets", "16", "--window", "8",
+                     "--decode-steps", "2", "--out", str(out)]) == 0
+    rows = json.loads((out / "bench_results.json").read_text())["rows"]
+    assert [r["tokens"] for r in rows] == [20, 20]
+    capsys.readouterr()
+    assert cli.main(["demo", "--tokens", "10", "--methods", "snapkv", "--budgets", "16", "--window", "8",
+                     "--out", str(tmp_path / "demo")]) == 2
+    line = _one_error_line(capsys)
+    assert "--tokens 10 is too small" in line and "target_tokens" not in line

@@ -143,3 +143,44 @@ def test_loading_into_another_model_method_or_tokenizer_is_refused(tmp_path):
             session.load_context(tmp_path / "junk.safetensors")
         with pytest.raises(FileNotFoundError, match="no saved context"):
             session.load_context(tmp_path / "missing.safetensors")
+
+
+def test_loading_into_a_fine_tuned_model_or_another_dtype_is_refused(tmp_path):
+    """The weight hash read only the embeddings and the first key projection (a merged adapter on q_proj / v_proj
+    loaded silently), and a context saved in bfloat16 loaded into the float32 model and failed inside attention."""
+    model = tiny_model("llama", layers=2)
+    ids, _ = prompt(batch=1, length=60)
+    m = lavakv.method("lava", budget=24, window=8)
+    path, half = tmp_path / "ctx.safetensors", tmp_path / "bf16.safetensors"
+    with m.attach(model) as session:
+        session.compress_context(ids).save(path)
+    tuned = tiny_model("llama", layers=2)
+    with torch.no_grad():
+        tuned.model.layers[1].self_attn.v_proj.weight.add_(1e-3)  # as a merged low-rank update would
+    with m.attach(tuned) as session, pytest.raises(ValueError, match="model differs in weights_sha256"):
+        session.load_context(path)
+    model.to(torch.bfloat16)
+    with m.attach(model) as session:
+        session.compress_context(ids).save(half)
+    model.float()  # bfloat16 weights are exact in float32: the weight hash alone cannot tell them apart
+    with m.attach(model) as session:
+        with pytest.raises(ValueError, match="holds torch.bfloat16 K/V and the model runs in torch.float32"):
+            session.load_context(half)
+    model.to(torch.bfloat16)
+    with m.attach(model) as session:
+        assert session.load_context(half).tokens == ids.shape[1]  # in its own dtype it loads
+
+
+def test_a_cache_continues_in_the_dtype_it_was_filled_in():
+    model = tiny_model("llama", layers=2)
+    ids, mask = prompt(batch=1, length=60)
+    m = lavakv.method("snapkv", budget=24, window=8)
+    with m.attach(model) as session, torch.no_grad():
+        first = session.compress_context(ids)
+        model.to(torch.bfloat16)
+        second = session.compress_context(ids)
+        with pytest.raises(RuntimeError, match="this cache holds torch.float32 K/V on cpu and the model now gives "
+                                               "torch.bfloat16"):
+            session.extend(first.fork(), ids[:, :3])
+        with pytest.raises(ValueError, match="stack: caches hold K/V in different dtypes"):
+            session.stack([first.fork(), second.fork()])

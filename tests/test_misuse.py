@@ -363,3 +363,72 @@ def test_a_random_seed_torch_cannot_take_is_refused_by_name(seed):
         lavakv.method("random", budget=16, window=4, seed=seed)
     lavakv.method("random", budget=16, window=4, seed=2**64 - 1)  # the edges torch takes are accepted
     lavakv.method("random", budget=16, window=4, seed=-(2**63))
+
+
+def test_a_forward_the_session_does_not_watch_cannot_store_into_its_cache():
+    """Another model, or the decoder body model.model(...), skipped the input checks and decode-time eviction and
+    left the cache uncompressed, silently."""
+    model, other = tiny_model("llama"), tiny_model("llama")
+    ids, mask = prompt(batch=1, length=40)
+    m = lavakv.method("snapkv", budget=12, window=4, decode_budget=16)
+    with m.attach(model) as session, torch.no_grad():
+        for call in (lambda c: other(ids, attention_mask=mask, past_key_values=c),
+                     lambda c: model.model(ids, attention_mask=mask, past_key_values=c, use_cache=True)):
+            with pytest.raises(RuntimeError, match="a forward pass its session does not watch"):
+                call(session.cache())
+        cache = session.cache()
+        model(ids, attention_mask=mask, past_key_values=cache)  # the model itself still works, after the refusals
+        assert session.stats(cache).kept_tokens[0].sum().item() == 2 * 12
+
+
+def test_kvzip_takes_a_float_mask_and_a_mask_of_other_values_is_refused():
+    """kvzip gathered with the float mask's sum (an error inside torch), and a mask of 0s and 2s doubled the count
+    of real tokens."""
+    from test_generation import tiny_pair
+
+    model, tokenizer = tiny_pair()
+    ids, mask = prompt(batch=2, length=48, vocab=len(tokenizer), pad=(0, 13))
+    m = lavakv.method("kvzip", budget=12, window=4)
+    with m.attach(model) as session:
+        reference = session.compress_context(ids, mask, tokenizer=tokenizer)
+        for given in (mask.float(), mask.bool()):
+            ctx = session.compress_context(ids, given, tokenizer=tokenizer)
+            for layer in range(len(ctx.cache.layers)):
+                for ours, theirs in zip(session.kept_entries(ctx.cache, layer),
+                                        session.kept_entries(reference.cache, layer), strict=True):
+                    assert torch.equal(ours, theirs)
+        with pytest.raises(ValueError, match=r"attention_mask holds values other than 0 and 1 \(\[2.0\]\)"):
+            session.compress_context(ids, mask * 2, tokenizer=tokenizer)
+    snapkv = lavakv.method("snapkv", budget=12, window=4)
+    with snapkv.attach(model) as session, torch.no_grad():
+        with pytest.raises(ValueError, match="attention_mask holds values other than 0 and 1"):
+            model.generate(ids, attention_mask=mask * 2, past_key_values=session.cache(), max_new_tokens=2,
+                           do_sample=False, pad_token_id=0)
+
+
+def test_inputs_on_the_meta_device_are_refused():
+    """ids on the meta device gave finite, wrong logits and a "compressed" cache."""
+    model = tiny_model("llama")
+    ids, mask = prompt(batch=1, length=40)
+    m = lavakv.method("snapkv", budget=12, window=4)
+    with m.attach(model) as session:
+        with pytest.raises(ValueError, match="input_ids is on meta and the model on cpu"):
+            session.prefill(ids.to("meta"), mask, [m])
+        with pytest.raises(ValueError, match="attention_mask is on meta and the model on cpu"):
+            session.prefill(ids, mask.to("meta"), [m])
+
+
+def test_a_ratio_that_keeps_more_than_decode_time_eviction_compresses_back_to_is_refused():
+    """With budget= this is refused when the method is made; with a ratio the prompt's budget is known only at
+    prefill, and the first decode-time eviction squeezed the prompt to the window."""
+    model = tiny_model("llama")
+    ids, mask = prompt(batch=2, length=64, pad=(0, 20))
+    m = lavakv.method("snapkv", compression_ratio=0.5, window=4, decode_budget=12)  # interval min(32, 12 - 4) = 8
+    with m.attach(model) as session, torch.no_grad():
+        with pytest.raises(ValueError, match=r"keeps 32 tokens per KV head .* = 12 - 8 = 4 .* decode_budget >= 40"):
+            model.generate(ids, attention_mask=mask, past_key_values=session.cache(), max_new_tokens=2,
+                           do_sample=False, pad_token_id=0)
+    fits = lavakv.method("snapkv", compression_ratio=0.5, window=4, decode_budget=64)  # interval 32: back to 32
+    with fits.attach(model) as session, torch.no_grad():
+        (cache,), _ = session.prefill(ids, mask, [fits])
+        assert session.stats(cache).kept_tokens[0].sum(-1).tolist() == [2 * 32, 2 * 22]  # 2 KV heads

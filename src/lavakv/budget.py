@@ -91,8 +91,9 @@ def validate_decode_budget(
 
     ``decode_budget`` bounds the entries per KV head per layer on average (window included) while generating;
     every ``decode_interval`` tokens the cache is compressed back to ``decode_budget - decode_interval``, which must
-    leave room for the prompt's budget (or, with a compression ratio, for the window). The interval defaults to
-    ``min(32, decode_budget - budget)``.
+    leave room for the prompt's budget (or, with a compression ratio, for the window: each prompt's own budget is
+    checked against ``decode_budget - decode_interval`` when it is prefilled). The interval defaults to
+    ``min(32, decode_budget - budget)``, or ``min(32, decode_budget - window)`` with a compression ratio.
     """
     if decode_budget is None:
         if decode_interval is not None:

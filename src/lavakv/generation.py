@@ -50,8 +50,10 @@ class GenerationResult:
             query-agnostic).
         decode_seconds: time for the tokens after the first.
         new_tokens: tokens generated, the first one and an end-of-sequence token included.
-        first_token_logits: ``[vocab]`` float32 logits of the first generated token (exact under compression
-            when query-aware: prefill attention never depends on the method).
+        first_token_logits: ``[vocab]`` float32 logits of the first generated token. Equal to the uncompressed
+            model's for a query-aware method with one exact prefill (its attention never depends on the method);
+            not with ``chunk_size`` (later chunks attend to a compressed cache) nor for a context compressed before
+            the question (query-agnostic, ``kvzip``), whose question runs through the compressed cache.
         decode_evictions: decode-time evictions while generating (methods with ``decode_budget``).
         end_resident_kv_bytes: K/V bytes the cache holds when decoding ended (growth slack excluded).
     """

@@ -133,6 +133,13 @@ class CompressedLayer(CacheLayerMixin):
             owner.check_usable()
         new = key_states.shape[2]
         first = not self.is_initialized
+        if not first and (key_states.dtype, key_states.device) != (self.dtype, self.device):
+            raise RuntimeError(
+                f"lavakv: this cache holds {self.dtype} K/V on {self.device} and the model now gives "
+                f"{key_states.dtype} on {key_states.device}: a cache continues in the dtype and device it was filled "
+                "in (the model was cast or moved, or a saved context was loaded into another dtype); prefill a new "
+                "cache"
+            )
         if first:
             self.lazy_initialization(key_states, value_states)
             if not self.fits(new):

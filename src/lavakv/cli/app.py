@@ -32,7 +32,7 @@ from lavakv.cli.arguments import (
 )
 from lavakv.generation import GenerationResult, generate, generate_many, prompt_ids
 from lavakv.haystack import answer_correct, build_haystack
-from lavakv.methods import Method, describe, list_methods, method
+from lavakv.methods import DEFAULT_WINDOW, Method, describe, list_methods, method
 from lavakv.models import MODELS, ModelNotInstalledError, default_model_name, load_model
 
 logger = logging.getLogger("lavakv")
@@ -142,9 +142,16 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _window(args: argparse.Namespace) -> int:
+    """``--window``, or the default when it was not given."""
+    return DEFAULT_WINDOW if args.window is None else args.window
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     """Answer a question about a context (or continue it) with one method; print the answer and a report."""
-    m = _build_method(args.method, args.budget, args.compression_ratio, args.window,
+    if args.method == "full" and args.window is not None:
+        raise ValueError("method 'full' does not compress, so it has no observation window: drop --window")
+    m = _build_method(args.method, args.budget, args.compression_ratio, _window(args),
                       decode_budget=args.decode_budget, decode_interval=args.decode_interval,
                       chunk_size=args.chunk_size)
     context = _read_context(args.context_file) if args.context_file is not None else args.prompt
@@ -175,7 +182,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     names = [n for n in parse_csv(args.methods, str, "--methods") if n != "full"]
     budgets = parse_csv(args.budgets, int, "--budgets")
     runs: list[tuple[str, int | None, Method]] = [("full", None, method("full"))]
-    runs += [(n, b, _build_method(n, b, None, args.window, "--budgets")) for n in names for b in budgets]
+    runs += [(n, b, _build_method(n, b, None, _window(args), "--budgets")) for n in names for b in budgets]
     _check_positive(args.tokens, "--tokens")
     _check_positive(args.max_new_tokens, "--max-new-tokens")
     if not 0.0 <= args.depth <= 1.0:
@@ -186,7 +193,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     fix = "lower --tokens or --max-new-tokens"
     check_fits(model, args.tokens, args.max_new_tokens, prompt="the haystack (--tokens)", new="--max-new-tokens",
                fix=fix)
-    hay = build_haystack(tokenizer, args.tokens, depth=args.depth, seed=args.seed)
+    try:
+        hay = build_haystack(tokenizer, args.tokens, depth=args.depth, seed=args.seed)
+    except ValueError as error:  # too short for the needle: say it in the option's name
+        raise ValueError(str(error).replace("target_tokens=", "--tokens ")) from None
     whole, context_ids, rest_ids = prompt_ids(tokenizer, hay.context, hay.question, answer_prefix=hay.answer_prefix)
     check_fits(model, len(context_ids) + len(rest_ids) if args.query_agnostic else len(whole), args.max_new_tokens,
                prompt="the prompt (haystack, question and template)", new="--max-new-tokens", fix=fix)
@@ -239,7 +249,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results = {
         "model": args.model, "mode": mode, "haystack_tokens": hay.tokens, "depth": hay.depth, "seed": args.seed,
-        "question": hay.question, "answer": hay.answer, "window": args.window, "max_new_tokens": args.max_new_tokens,
+        "question": hay.question, "answer": hay.answer, "window": _window(args), "max_new_tokens": args.max_new_tokens,
         "wall_seconds": wall, "runs": rows,
         "environment": {
             "torch": torch.__version__, "transformers": _version("transformers"), "device": str(model.device),
@@ -270,7 +280,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise ValueError(f"--tokens must be positive token counts, got {args.tokens!r}")
     names = [n for n in parse_csv(args.methods, str, "--methods") if n != "full"]
     budgets = parse_csv(args.budgets, int, "--budgets")
-    methods = [_build_method(n, b, None, args.window, "--budgets") for n in names for b in budgets]  # validate first
+    methods = [_build_method(n, b, None, _window(args), "--budgets") for n in names for b in budgets]  # validate first
     check_shared(methods)
     _check_positive(args.decode_steps, "--decode-steps")
     check_threads(args.threads)
@@ -280,7 +290,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     # each cache holds the prompt, then 2 untimed and --decode-steps timed decode tokens
     check_fits(model, max(lengths), args.decode_steps + 2, prompt="the longest --tokens prompt",
                new="decoding (--decode-steps + 2 warm-up steps)", fix="lower --tokens or --decode-steps")
-    hay = build_haystack(tokenizer, max(lengths) + 64, seed=args.seed)  # natural text, cut to each length below
+    # natural text, cut to each length below (at least 512 tokens, so a haystack holds its needle however short the
+    # prompts; a prompt within its budget is simply not compressed)
+    hay = build_haystack(tokenizer, max(max(lengths) + 64, 512), seed=args.seed)
     all_ids = tokenizer(hay.context, return_tensors="pt", add_special_tokens=False)["input_ids"].to(model.device)
     if all_ids.shape[1] < max(lengths):
         raise ValueError(f"could not build a {max(lengths)}-token prompt (got {all_ids.shape[1]} tokens)")
@@ -306,7 +318,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "bench_results.json"
     path.write_text(json.dumps({
-        "model": args.model, "command": "lavakv " + " ".join(sys.argv[1:]), "window": args.window, "rows": rows,
+        "model": args.model, "command": "lavakv " + " ".join(sys.argv[1:]), "window": _window(args), "rows": rows,
         "environment": {
             "torch": torch.__version__, "transformers": _version("transformers"), "device": str(model.device),
             "dtype": args.dtype, "threads": torch.get_num_threads(), "platform": platform.platform(),
@@ -332,7 +344,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help=f"model name ({', '.join(MODELS)}), local directory or .gguf file (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)")
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="parameter dtype (default: %(default)s)")
-    p.add_argument("--window", type=int, default=32, help="observation window, always kept (default: %(default)s)")
+    p.add_argument("--window", type=int, default=None,
+                   help=f"observation window, always kept (default: {DEFAULT_WINDOW})")
 
 
 def _add_query_agnostic(p: argparse.ArgumentParser) -> None:
@@ -373,7 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bound the cache while generating: at most this many entries per KV head per layer on "
                         "average, window included (decode-time eviction; must exceed --budget)")
     p.add_argument("--decode-interval", type=int, default=None,
-                   help="generated tokens between decode-time evictions (default: min(32, decode budget - budget))")
+                   help="generated tokens between decode-time evictions (default: min(32, decode budget - budget), "
+                        "with a ratio min(32, decode budget - window))")
     p.add_argument("--chunk-size", type=int, default=None,
                    help="prefill the prompt in chunks of this many tokens, compressing after each (bounded prefill "
                         "memory; at least --window)")

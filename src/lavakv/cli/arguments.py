@@ -65,8 +65,17 @@ def check_model_request(name: str, device: str, known: Sequence[str]) -> str:
     looks like a path (starts with ``.``, ``~`` or ``/``, has a backslash or several slashes, ends with ``.gguf``,
     or starts with a directory that exists here) and does not exist is reported as missing, not as a hub id.
     """
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if parsed.type == "meta":
+        raise ValueError("--device meta holds no weights, so nothing can run on it; use cpu, cuda or cuda:N")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: CUDA is not available here; use --device cpu")
+    if not name.strip():
+        raise ValueError("--model is empty; give one of: " + ", ".join(known)
+                         + " (or a local model directory, a .gguf file, or a Hugging Face hub id owner/name)")
     if name in known:
         return name
     path = Path(name).expanduser()

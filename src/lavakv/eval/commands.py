@@ -15,6 +15,7 @@ from pathlib import Path
 from lavakv.cli.arguments import check_fits, check_model_request, check_out_dir, parse_csv, read_text_file
 from lavakv.eval.specs import split_methods
 from lavakv.eval.tasks import TASK_NAMES, TaskOptions, parse_task_spec
+from lavakv.methods import DEFAULT_WINDOW
 
 logger = logging.getLogger("lavakv")
 
@@ -60,9 +61,11 @@ def config_from_args(args: argparse.Namespace):
     continuation = 64 if args.continuation is None else args.continuation
     if "fidelity" in families and continuation < 2:
         raise ValueError(f"--continuation must be >= 2 tokens for fidelity, got {continuation}")
-    if args.budgets is not None and all(spec.split("[")[0].strip() == "full" for spec in split_methods(args.methods)):
-        raise ValueError("--budgets would change nothing: every method in --methods is full (uncompressed); add a "
-                         "compressing method or drop --budgets")
+    only_full = all(spec.split("[")[0].strip() == "full" for spec in split_methods(args.methods))
+    for flag, given in (("--budgets", args.budgets is not None), ("--window", args.window is not None)):
+        if given and only_full:
+            raise ValueError(f"{flag} would change nothing: every method in --methods is full (uncompressed); add a "
+                             f"compressing method or drop {flag}")
     haystack_file = args.haystack_file
     if haystack_file is not None:
         read_text_file(haystack_file, "--haystack-file", "give a text file to use as haystack")
@@ -79,7 +82,8 @@ def config_from_args(args: argparse.Namespace):
     config = EvalConfig(
         task=args.task, methods=split_methods(args.methods), budgets=parse_csv(budgets, int, "--budgets"),
         compression_ratios=ratios,
-        query_agnostic=args.query_agnostic, window=args.window, out=out, options=options,
+        query_agnostic=args.query_agnostic, window=DEFAULT_WINDOW if args.window is None else args.window, out=out,
+        options=options,
     )
     plan_runs(config)  # unknown methods or budgets fail here, before the model loads
     return config
@@ -257,7 +261,8 @@ def add_subcommands(subparsers, parents: Sequence[argparse.ArgumentParser] = ())
     p.add_argument("--continuation", type=int, default=None,
                    help="fidelity: teacher-forced tokens after the prompt (default: 64)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="override each task's generation length")
-    p.add_argument("--window", type=int, default=32, help="observation window, always kept (default: %(default)s)")
+    p.add_argument("--window", type=int, default=None,
+                   help=f"observation window, always kept (default: {DEFAULT_WINDOW})")
     p.add_argument("--no-chat", action="store_true", help="never use the tokenizer's chat template")
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="parameter dtype (default: %(default)s)")

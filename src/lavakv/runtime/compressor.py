@@ -132,6 +132,19 @@ class Compressor:
         self.layers = self.cache.layers_fitting(valid.shape[-1])
         if self.components is not None:
             self.budget, self.active = self.components.row_budgets(self.real_tokens)
+            c = self.components
+            if c.decode_budget is not None and c.compression_ratio is not None:
+                floor = c.decode_budget - c.decode_interval  # what each decode-time eviction compresses back to
+                over = self.active & (self.budget > floor)
+                if bool(over.any()):
+                    largest = int(self.budget[over].max())
+                    raise ValueError(
+                        f"compression_ratio={c.compression_ratio} keeps {largest} tokens per KV head of this prompt, "
+                        f"more than decode_budget - decode_interval = {c.decode_budget} - {c.decode_interval} = "
+                        f"{floor} that decode-time eviction compresses back to: the first eviction would cut the "
+                        f"prompt below its ratio. Use decode_budget >= {largest + c.decode_interval}, or budget= "
+                        "instead of a ratio"
+                    )
 
     # -- the prefill path -----------------------------------------------------------------------------------------
     def prefill_layer(self, layer_idx: int, inputs: ScoringInputs) -> None:

@@ -24,19 +24,24 @@ from lavakv.cache.compressed import CompressedCache, CompressedLayer
 from lavakv.cache.storage import DenseKV, RaggedKV
 
 # The session is typed Any here: this module is imported by runtime/session.py and never imports it back.
-FORMAT = "lavakv-context/1"
+FORMAT = "lavakv-context/2"  # 2: the weight hash samples every parameter
+
+
+#: elements of each parameter the weight hash reads, evenly spaced over the flattened tensor
+_SAMPLED = 4096
 
 
 def model_fingerprint(model: torch.nn.Module) -> dict[str, Any]:
-    """What identifies a model for a saved context: class, name, shapes and a hash of some weights."""
+    """What identifies a model for a saved context: class, name, shapes and a hash of every parameter's name and
+    of up to 4,096 evenly spaced elements of it (a fine-tune or a merged adapter changes whole matrices, so the
+    sample sees it; reading every weight would cost seconds on a large model)."""
     config = model.config.get_text_config(decoder=True)
     digest = hashlib.sha256()
-    embeddings = model.get_input_embeddings().weight
-    digest.update(embeddings[: min(64, embeddings.shape[0])].detach().float().cpu().numpy().tobytes())
     for name, parameter in model.named_parameters():
-        if name.endswith("k_proj.weight"):  # the first layer's key projection: keys are what a context stores
-            digest.update(parameter[:64].detach().float().cpu().numpy().tobytes())
-            break
+        flat = parameter.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // _SAMPLED)][:_SAMPLED]
+        digest.update(name.encode())
+        digest.update(sample.float().cpu().numpy().tobytes())
     return {
         "class": type(model).__name__,
         "name_or_path": str(getattr(model.config, "_name_or_path", "")),
@@ -164,6 +169,11 @@ def load_context(session: Any, path: str | Path, tokenizer=None) -> CompressedCo
     header = json.loads(metadata["lavakv"])
     if header.get("format") != FORMAT:
         raise ValueError(f"{path} has context format {header.get('format')!r}; this lavakv reads {FORMAT!r}")
+    stored = {t.dtype for k, t in tensors.items() if k.endswith("keys") or k.endswith("values")}
+    if stored and stored != {session.model.dtype}:
+        raise ValueError(f"{path} holds {', '.join(sorted(map(str, stored)))} K/V and the model runs in "
+                         f"{session.model.dtype}: load the model in the dtype the context was saved from, or compress "
+                         "the context again")
     method = json.loads(json.dumps(session.method.describe())) if hasattr(session.method, "describe") else None
     problems = [p for p in (
         _difference("model", header["model"], model_fingerprint(session.model)),

@@ -122,6 +122,8 @@ class Session:
         )
         self._extending: weakref.WeakSet[CompressedCache] = weakref.WeakSet()
         self._warned: weakref.WeakSet[CompressedCache] = weakref.WeakSet()
+        # caches the model forward this session watches is running on (set by its pre-hook, cleared after it)
+        self._forwarding: weakref.WeakSet[CompressedCache] = weakref.WeakSet()
         self._last: CompressedCache | None = None
 
     # -- installation -------------------------------------------------------------------------------------------
@@ -139,7 +141,7 @@ class Session:
         self._previous_impl = self.model.config._attn_implementation
         self.model.set_attn_implementation(ATTENTION_NAME)
         self._hooks.append(self.model.register_forward_pre_hook(self._check_inputs, with_kwargs=True))
-        self._hooks.append(self.model.register_forward_hook(self._after_forward, with_kwargs=True))
+        self._hooks.append(self.model.register_forward_hook(self._after_forward, with_kwargs=True, always_call=True))
         for module in self.model.modules():
             if hasattr(module, "layer_idx") and type(module).__name__.endswith("Attention"):
                 self._hooks.append(module.register_forward_hook(self._after_attention, with_kwargs=True))
@@ -159,11 +161,18 @@ class Session:
                 del _ATTACHED[self.model]
 
     def check_cache_usable(self, cache: CompressedCache) -> None:
-        """Raise unless this session is attached (called by the cache before it stores anything)."""
+        """Raise unless this session is attached and the forward pass storing into ``cache`` is one of the model it
+        is attached to (called by the cache before it stores anything): a forward it does not watch (another model,
+        or the decoder body ``model.model(...)``) would skip its input checks and decode-time eviction."""
         if not self._live:
             raise RuntimeError(
                 "this lavakv cache belongs to a session that is not attached (its `with` block has exited); use the "
                 "cache inside `with method.attach(model) as session:`"
+            )
+        if cache not in self._forwarding:
+            raise RuntimeError(
+                f"this lavakv cache was given to a forward pass its session does not watch: call the model the session "
+                f"is attached to ({type(self.model).__name__}), not another model or its decoder body (model.model)"
             )
 
     # -- caches -------------------------------------------------------------------------------------------------
@@ -332,7 +341,8 @@ class Session:
                     ask = tokenizer(RECONSTRUCTION_PROMPT, add_special_tokens=False)["input_ids"]
                     ask = torch.tensor([ask], dtype=input_ids.dtype, device=input_ids.device).expand(
                         input_ids.shape[0], -1)
-                    follow, follow_mask = torch.cat([ask, input_ids], dim=1), torch.cat([torch.ones_like(ask), mask], 1)
+                    real = (mask != 0).to(ask.dtype)  # a float / bool mask, or one of 0s and 2s, counts real tokens
+                    follow, follow_mask = torch.cat([ask, input_ids], dim=1), torch.cat([torch.ones_like(ask), real], 1)
                     # a left-padded row repeats its real tokens right after the prompt, its padding moved to the end:
                     # padding between them would shift the repeat's positions against the context's
                     order = torch.sort((follow_mask == 0).to(torch.int8), dim=1, stable=True).indices
@@ -429,6 +439,11 @@ class Session:
             refusal = self.stack_refusal(cache)
             if refusal is not None:
                 raise ValueError(f"stack: {refusal}")
+        kinds = {(layer.dtype, layer.device) for cache in caches for layer in cache.layers if layer.is_initialized}
+        if len(kinds) > 1:
+            found = ", ".join(sorted(f"{dtype} on {device}" for dtype, device in kinds))
+            raise ValueError(f"stack: caches hold K/V in different dtypes or devices ({found}); stack caches filled "
+                             "in one dtype on one device")
         length = caches[0].get_seq_length()
         if any(cache.get_seq_length() != length for cache in caches):
             raise ValueError(f"stack: caches hold different lengths ({sorted({c.get_seq_length() for c in caches})} "
@@ -582,6 +597,13 @@ class Session:
             raise ValueError(f"inputs_embeds has shape {list(embeds.shape)}: it must be [batch, tokens, hidden]")
         if tensor is not None and tensor.shape[0] == 0:
             raise ValueError("empty batch: input_ids has 0 rows; give at least one prompt")
+        weights = module.get_input_embeddings().weight.device  # meta when an offloading hook places the weights
+        for what, given in (("input_ids" if ids is not None else "inputs_embeds", tensor),
+                            ("attention_mask", kwargs.get("attention_mask"))):
+            if isinstance(given, torch.Tensor) and (given.device.type == "meta" or (
+                    weights.type != "meta" and given.device != weights)):
+                raise ValueError(f"{what} is on {given.device} and the model on {weights}: move the inputs to the "
+                                 "model's device (ids.to(model.device))")
         if tensor is not None and tensor.shape[1] == 0:
             raise ValueError("empty prompt: input_ids has 0 tokens; give at least one token to generate from")
         cache = cache_from(kwargs)
@@ -643,6 +665,10 @@ class Session:
                     f"them past it. Use chunks longer than the sliding window (chunk_size and prefill_chunk_size > "
                     f"{window}; longer sliding layers are left to transformers), or one chunk for the whole prompt"
                 )
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2 and not bool(((mask == 0) | (mask == 1)).all()):
+            found = sorted({float(v) for v in mask.unique()[:8].tolist()} - {0.0, 1.0})
+            raise ValueError(f"attention_mask holds values other than 0 and 1 ({found}): lavakv counts real tokens "
+                             "from it; give 1 on real tokens and 0 on padding")
         if isinstance(mask, torch.Tensor) and mask.dim() == 2 and tensor is not None and tensor.dim() >= 2:
             expected = (tensor.shape[0], held + tensor.shape[1])
             if tuple(mask.shape) != expected:
@@ -668,6 +694,7 @@ class Session:
             else:
                 new_valid = torch.ones(tensor.shape[0] if tensor is not None else 1, new, dtype=torch.bool)
             compressor.begin_forward(new_valid, extending=extending)
+        self._forwarding.update((cache, *self._followers.get(cache, ())))
         return None
 
     def _after_attention(self, module, args, kwargs, output):
@@ -702,6 +729,10 @@ class Session:
         method compresses but that compressed no layer says so, once."""
         cache = cache_from(kwargs)
         if not isinstance(cache, CompressedCache):
+            return None
+        for target in (cache, *self._followers.get(cache, [])):
+            self._forwarding.discard(target)
+        if output is None:  # the forward raised (this hook runs then too, to end the forward above)
             return None
         for target in (cache, *self._followers.get(cache, [])):
             compressor = self._compressors.get(target)
