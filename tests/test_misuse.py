@@ -376,6 +376,8 @@ def test_a_forward_the_session_does_not_watch_cannot_store_into_its_cache():
                      lambda c: model.model(ids, attention_mask=mask, past_key_values=c, use_cache=True)):
             with pytest.raises(RuntimeError, match="a forward pass its session does not watch"):
                 call(session.cache())
+        with pytest.raises(ValueError, match="passed as a positional argument: pass it as past_key_values=cache"):
+            model(ids, mask, None, session.cache())  # (input_ids, attention_mask, position_ids, past_key_values)
         cache = session.cache()
         model(ids, attention_mask=mask, past_key_values=cache)  # the model itself still works, after the refusals
         assert session.stats(cache).kept_tokens[0].sum().item() == 2 * 12

@@ -607,6 +607,8 @@ class Session:
         if tensor is not None and tensor.shape[1] == 0:
             raise ValueError("empty prompt: input_ids has 0 tokens; give at least one token to generate from")
         cache = cache_from(kwargs)
+        if cache is None and any(isinstance(a, CompressedCache) for a in args):
+            raise ValueError("a lavakv cache was passed as a positional argument: pass it as past_key_values=cache")
         if not isinstance(cache, CompressedCache):
             return None
         compressor = self.compressor(cache)
