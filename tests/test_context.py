@@ -182,5 +182,17 @@ def test_a_cache_continues_in_the_dtype_it_was_filled_in():
         with pytest.raises(RuntimeError, match="this cache holds torch.float32 K/V on cpu and the model now gives "
                                                "torch.bfloat16"):
             session.extend(first.fork(), ids[:, :3])
-        with pytest.raises(ValueError, match="stack: caches hold K/V in different dtypes"):
+        with pytest.raises(ValueError, match="stack: the caches hold layer 0's K/V in different dtypes"):
             session.stack([first.fork(), second.fork()])
+
+
+def test_the_fingerprint_reads_what_is_here_of_an_offloaded_model():
+    """accelerate leaves offloaded parameters on the meta device: the hash names them (and their shapes) only."""
+    from lavakv.runtime.context import model_fingerprint
+
+    model = tiny_model("llama", layers=2)
+    before = model_fingerprint(model)["weights_sha256"]
+    layer = model.model.layers[1].mlp
+    layer.down_proj.weight = torch.nn.Parameter(torch.empty_like(layer.down_proj.weight, device="meta"))
+    offloaded = model_fingerprint(model)["weights_sha256"]
+    assert offloaded != before and offloaded == model_fingerprint(model)["weights_sha256"]

@@ -430,6 +430,13 @@ def test_a_ratio_that_keeps_more_than_decode_time_eviction_compresses_back_to_is
         with pytest.raises(ValueError, match=r"keeps 32 tokens per KV head .* = 12 - 8 = 4 .* decode_budget >= 40"):
             model.generate(ids, attention_mask=mask, past_key_values=session.cache(), max_new_tokens=2,
                            do_sample=False, pad_token_id=0)
+    chunked = lavakv.method("snapkv", compression_ratio=0.5, window=4, decode_budget=20, decode_interval=4,
+                            chunk_size=16)  # the budget grows chunk by chunk: 8, 16, 24 > 16 refused
+    with chunked.attach(model) as session, pytest.raises(ValueError, match=r"keeps 24 tokens per KV head"):
+        session.prefill(ids[:1], mask[:1], [chunked])
+    whole = lavakv.method("snapkv", compression_ratio=0.01, window=4, decode_budget=20, decode_interval=4)
+    with whole.attach(model) as session, pytest.raises(ValueError, match=r"keeps 44 tokens per KV head"):
+        session.prefill(ids[1:], mask[1:], [whole])  # kept whole (the ratio rounds to nothing), still past 16
     fits = lavakv.method("snapkv", compression_ratio=0.5, window=4, decode_budget=64)  # interval 32: back to 32
     with fits.attach(model) as session, torch.no_grad():
         (cache,), _ = session.prefill(ids, mask, [fits])

@@ -132,19 +132,24 @@ class Compressor:
         self.layers = self.cache.layers_fitting(valid.shape[-1])
         if self.components is not None:
             self.budget, self.active = self.components.row_budgets(self.real_tokens)
-            c = self.components
-            if c.decode_budget is not None and c.compression_ratio is not None:
-                floor = c.decode_budget - c.decode_interval  # what each decode-time eviction compresses back to
-                over = self.active & (self.budget > floor)
-                if bool(over.any()):
-                    largest = int(self.budget[over].max())
-                    raise ValueError(
-                        f"compression_ratio={c.compression_ratio} keeps {largest} tokens per KV head of this prompt, "
-                        f"more than decode_budget - decode_interval = {c.decode_budget} - {c.decode_interval} = "
-                        f"{floor} that decode-time eviction compresses back to: the first eviction would cut the "
-                        f"prompt below its ratio. Use decode_budget >= {largest + c.decode_interval}, or budget= "
-                        "instead of a ratio"
-                    )
+            self._check_decode_room()
+
+    def _check_decode_room(self) -> None:
+        """With a compression ratio and ``decode_budget``, refuse a prompt whose budget exceeds what decode-time
+        eviction compresses back to (with ``budget=`` that is refused when the method is made)."""
+        c = self.components
+        if c is None or c.decode_budget is None or c.compression_ratio is None:
+            return
+        floor = c.decode_budget - c.decode_interval  # what each decode-time eviction compresses back to
+        over = self.budget > floor  # a row kept whole (inactive) counts too: eviction would cut it as well
+        if bool(over.any()):
+            largest = int(self.budget[over].max())
+            raise ValueError(
+                f"compression_ratio={c.compression_ratio} keeps {largest} tokens per KV head of this prompt, more "
+                f"than decode_budget - decode_interval = {c.decode_budget} - {c.decode_interval} = {floor} that "
+                "decode-time eviction compresses back to: the first eviction would cut the prompt below its ratio. "
+                f"Use decode_budget >= {largest + c.decode_interval}, or budget= instead of a ratio"
+            )
 
     # -- the prefill path -----------------------------------------------------------------------------------------
     def prefill_layer(self, layer_idx: int, inputs: ScoringInputs) -> None:
@@ -275,6 +280,7 @@ class Compressor:
         self.valid = torch.cat([self.valid, new_valid.to(self.valid.device)], dim=1)
         self.real_tokens = self.valid.sum(-1)
         self.budget, self.active = self.components.row_budgets(self.real_tokens)
+        self._check_decode_room()  # the prompt's budget grows with each chunk
         self._held = None
         self._chunk_pending = True
 

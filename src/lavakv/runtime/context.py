@@ -33,14 +33,17 @@ _SAMPLED = 4096
 
 def model_fingerprint(model: torch.nn.Module) -> dict[str, Any]:
     """What identifies a model for a saved context: class, name, shapes and a hash of every parameter's name and
-    of up to 4,096 evenly spaced elements of it (a fine-tune or a merged adapter changes whole matrices, so the
-    sample sees it; reading every weight would cost seconds on a large model)."""
+    shape and of up to 4,096 evenly spaced elements of it (a fine-tune or a merged adapter changes whole matrices,
+    so the sample sees it; reading every weight would cost seconds on a large model). Parameters offloaded to the
+    meta device are hashed by name and shape only."""
     config = model.config.get_text_config(decoder=True)
     digest = hashlib.sha256()
     for name, parameter in model.named_parameters():
+        digest.update(f"{name}{tuple(parameter.shape)}".encode())
+        if parameter.device.type == "meta":  # offloaded by accelerate: its values are not here to read
+            continue
         flat = parameter.detach().reshape(-1)
         sample = flat[:: max(1, flat.numel() // _SAMPLED)][:_SAMPLED]
-        digest.update(name.encode())
         digest.update(sample.float().cpu().numpy().tobytes())
     return {
         "class": type(model).__name__,

@@ -439,11 +439,12 @@ class Session:
             refusal = self.stack_refusal(cache)
             if refusal is not None:
                 raise ValueError(f"stack: {refusal}")
-        kinds = {(layer.dtype, layer.device) for cache in caches for layer in cache.layers if layer.is_initialized}
-        if len(kinds) > 1:
-            found = ", ".join(sorted(f"{dtype} on {device}" for dtype, device in kinds))
-            raise ValueError(f"stack: caches hold K/V in different dtypes or devices ({found}); stack caches filled "
-                             "in one dtype on one device")
+        for index in range(len(caches[0].layers)):  # layer by layer: a model may spread its layers over devices
+            kinds = {(c.layers[index].dtype, c.layers[index].device) for c in caches if c.layers[index].is_initialized}
+            if len(kinds) > 1:
+                found = ", ".join(sorted(f"{dtype} on {device}" for dtype, device in kinds))
+                raise ValueError(f"stack: the caches hold layer {index}'s K/V in different dtypes or devices "
+                                 f"({found}); stack caches filled by the model in one dtype and placement")
         length = caches[0].get_seq_length()
         if any(cache.get_seq_length() != length for cache in caches):
             raise ValueError(f"stack: caches hold different lengths ({sorted({c.get_seq_length() for c in caches})} "
@@ -597,11 +598,12 @@ class Session:
             raise ValueError(f"inputs_embeds has shape {list(embeds.shape)}: it must be [batch, tokens, hidden]")
         if tensor is not None and tensor.shape[0] == 0:
             raise ValueError("empty batch: input_ids has 0 rows; give at least one prompt")
-        weights = module.get_input_embeddings().weight.device  # meta when an offloading hook places the weights
+        weights = module.get_input_embeddings().weight.device
+        placed = hasattr(module, "_hf_hook")  # accelerate (device_map, offloading) moves the inputs itself
         for what, given in (("input_ids" if ids is not None else "inputs_embeds", tensor),
                             ("attention_mask", kwargs.get("attention_mask"))):
             if isinstance(given, torch.Tensor) and (given.device.type == "meta" or (
-                    weights.type != "meta" and given.device != weights)):
+                    not placed and weights.type != "meta" and given.device != weights)):
                 raise ValueError(f"{what} is on {given.device} and the model on {weights}: move the inputs to the "
                                  "model's device (ids.to(model.device))")
         if tensor is not None and tensor.shape[1] == 0:
