@@ -669,7 +669,10 @@ class Session:
                     f"them past it. Use chunks longer than the sliding window (chunk_size and prefill_chunk_size > "
                     f"{window}; longer sliding layers are left to transformers), or one chunk for the whole prompt"
                 )
-        if isinstance(mask, torch.Tensor) and mask.dim() == 2 and not bool(((mask == 0) | (mask == 1)).all()):
+        # on the prompt (or a chunk, or an extension) only: a decode step's mask is the checked one plus ones, and a
+        # per-token check would synchronise the device at every generated token
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2 and (held == 0 or new > 1) and \
+                not bool(((mask == 0) | (mask == 1)).all()):
             found = sorted({float(v) for v in mask.unique()[:8].tolist()} - {0.0, 1.0})
             raise ValueError(f"attention_mask holds values other than 0 and 1 ({found}): lavakv counts real tokens "
                              "from it; give 1 on real tokens and 0 on padding")
