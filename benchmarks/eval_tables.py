@@ -4,6 +4,8 @@
     python benchmarks/eval_tables.py --by-task benchmarks/results/eval/qwen_ruler_code_4k   # tasks as columns
     python benchmarks/eval_tables.py --against 'lava[alpha=0]' DIR    # paired differences within one preset
     python benchmarks/eval_tables.py --by-depth DIR    # needle: found / prompts per depth, per method and budget
+    python benchmarks/eval_tables.py --versus 'lava[alpha=0]' 'snapkv;cake' DIR   # paired grid, tasks x budgets
+    (labels in a list are separated by ';', as labels may hold commas)
 
 Every number comes from the runs' metrics.json files; nothing is typed by hand. A method is named by its label
 (``lava``, ``lava[alpha=0.2]``: ``lavakv eval --methods`` entries with options), read from the run's config.json by
@@ -13,11 +15,12 @@ Every number comes from the runs' metrics.json files; nothing is typed by hand. 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections import defaultdict
 from pathlib import Path
 
-from lavakv.eval.intervals import paired_comparison
+from lavakv.eval.intervals import bootstrap_interval, paired_comparison, stratified_interval, verdict
 from lavakv.eval.report import _group_key, find_runs, higher_is_better, load_run, method_label
 from lavakv.eval.specs import normalise_label
 
@@ -59,27 +62,41 @@ def pivot(rows: list[dict], metric: str) -> str:
     return "\n".join(lines)
 
 
-def task_matrix(rows: list[dict], budget: int) -> str:
-    """Methods as rows, tasks as columns (plus the RULER mean) at one budget; full shown on every table."""
-    kinds = {(r["model"], r["query_mode"]) for r in rows}
+def task_matrix(dirs: list[str], budget: int) -> str:
+    """Methods as rows, tasks as columns (then the RULER mean when there are several RULER tasks, and the mean of
+    all tasks when there are others too) at one budget, full shown on every table. A cell is the task's score with
+    its 95 % bootstrap interval over samples; a mean column is the unweighted mean of the tasks' means with the
+    stratified interval (each task resampled on its own). Finished runs only."""
+    runs = [run for run in map(load_run, find_runs(dirs)) if run["metrics"] is not None]
+    kinds = {(r["config"]["model"], r["config"]["query_mode"]) for r in runs}
     if len(kinds) > 1:
         raise SystemExit(f"--by-task: the directories mix models / query modes {sorted(kinds)}; give one kind")
-    tasks = sorted({r["task"] for r in rows})
-    ruler = [t for t in tasks if t.startswith("ruler/")]
     table: dict[str, dict] = defaultdict(dict)
-    for r in rows:
-        if r["method"] == "full" or r.get("budget") == budget:
-            table[r["method"]][r["task"]] = r.get("score")
-    columns = [t.removeprefix("ruler/") for t in tasks] + (["RULER mean"] if len(ruler) > 1 else [])
+    for run in runs:
+        if run["config"]["method"].get("budget") in (None, budget):
+            values = run["scores"].get(run["metrics"].get("score_name"), {})
+            table[method_label(run["config"])][run["config"]["task"]] = [v for v in values.values() if v == v]
+    tasks = sorted({task for cells in table.values() for task in cells})
+    ruler = [t for t in tasks if t.startswith("ruler/")]
+    means = ([("RULER mean", ruler)] if len(ruler) > 1 else []) + ([("mean of tasks", tasks)] if len(ruler) < len(
+        tasks) and len(tasks) > 1 else [])
+    columns = [t.removeprefix("ruler/") for t in tasks] + [name for name, _ in means]
     lines = ["| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for method in sorted(table, key=label_order):
         cells = table[method]
-        values = [cells.get(t) for t in tasks]
-        if len(ruler) > 1:
-            scores = [cells.get(t) for t in ruler]
-            values.append(None if None in scores else sum(scores) / len(scores))
-        lines.append(f"| {method} | " + " | ".join(_fmt(v, 1) for v in values) + " |")
+        intervals = [bootstrap_interval(cells[t]) if t in cells else None for t in tasks]
+        intervals += [stratified_interval([cells[t] for t in members]) if all(t in cells for t in members) else None
+                      for _, members in means]
+        lines.append(f"| {method} | " + " | ".join(_interval_text(i) for i in intervals) + " |")
     return "\n".join(lines)
+
+
+def _interval_text(interval) -> str:
+    if interval is None:
+        return "-"
+    if math.isnan(interval.low):
+        return f"{interval.mean:.1f}"
+    return f"{interval.mean:.1f} [{interval.low:.1f}, {interval.high:.1f}]"
 
 
 def paired_tables(dirs: list[str], against: str, metrics: tuple[str, ...]) -> str:
@@ -131,6 +148,62 @@ def paired_tables(dirs: list[str], against: str, metrics: tuple[str, ...]) -> st
     return "\n".join(out)
 
 
+def versus_tables(dirs: list[str], candidates: list[str], baselines: list[str], metric: str = "score") -> str:
+    """Per budget, one table of paired score differences: a row per (candidate, baseline) pair, a column per task
+    and a last column for the unweighted mean over the tasks. A task cell is ``lavakv report --against``'s pairing
+    and bootstrap (mean of candidate - baseline per sample, 95 % interval, verdict, W/T/L); the mean column is the
+    mean of the tasks' mean differences with the stratified bootstrap (each task resampled on its own, as the RULER
+    mean), and its W/T/L counts every pair. Only finished runs; ``metric`` "score" is each task's own score."""
+    candidates = [normalise_label(c) for c in candidates]
+    baselines = [normalise_label(b) for b in baselines]
+    runs = [run for run in map(load_run, find_runs(dirs)) if run["metrics"] is not None]
+    by_key: dict[tuple, dict] = {}
+    for run in runs:
+        config = run["config"]
+        name = run["metrics"].get("score_name") if metric == "score" else metric
+        key = (method_label(config), config["method"].get("budget"), config["task"])
+        if key in by_key:
+            raise SystemExit(f"--versus: two finished runs of {key[0]} at budget {key[1]} on {key[2]} (another "
+                             "window, model or task setting?): give the directories of one setting")
+        by_key[key] = run["scores"].get(name)
+    tasks = sorted({task for _, _, task in by_key})
+    budgets = sorted({b for _, b, _ in by_key if b is not None})
+    mark = {"leads": "+", "trails": "-"}
+    out = []
+    for budget in budgets:
+        pairs_seen = set()
+        lines = ["| method - baseline | " + " | ".join(t.removeprefix("ruler/") for t in tasks) + " | mean of tasks |",
+                 "|---" * (len(tasks) + 2) + "|"]
+        for candidate in candidates:
+            for baseline in baselines:
+                cells, groups, counts = [], [], [0, 0, 0]
+                for task in tasks:
+                    values, base = by_key.get((candidate, budget, task)), by_key.get((baseline, budget, task))
+                    if values is None or base is None:
+                        cells.append("-")
+                        continue
+                    result = paired_comparison(values, base, higher_is_better=higher_is_better(metric))
+                    d = result.difference
+                    pairs_seen.add(d.n)
+                    counts = [counts[0] + result.wins, counts[1] + result.ties, counts[2] + result.losses]
+                    groups.append([values[i] - base[i] for i in base
+                                   if i in values and not math.isnan(values[i] - base[i])])
+                    cells.append(f"{d.mean:+.1f} [{d.low:+.1f}, {d.high:+.1f}] {mark.get(result.verdict, '~')}")
+                if len(groups) == len(tasks):
+                    d = stratified_interval(groups)
+                    flag = mark.get(verdict(d, higher_is_better(metric)), "~")
+                    cells.append(f"{d.mean:+.1f} [{d.low:+.1f}, {d.high:+.1f}] {flag} {'/'.join(map(str, counts))}")
+                else:
+                    cells.append("-")
+                lines.append(f"| {candidate} - {baseline} | " + " | ".join(cells) + " |")
+        out.append(f"**B = {budget}**: paired {metric} differences x 100 (method - baseline) [95 % CI], + the method "
+                   f"leads, - it trails, ~ not resolved; pairs per task: {sorted(pairs_seen)}; W/T/L over all "
+                   "pairs in the last column\n")
+        out.extend(lines)
+        out.append("")
+    return "\n".join(out)
+
+
 def depth_table(dirs: list[str]) -> str:
     """Needle runs: per method and budget, the prompts answered exactly at each depth (``meta.depth`` of every
     record), and the total."""
@@ -165,6 +238,9 @@ def main() -> None:
     if sys.argv[1:2] == ["--against"]:  # paired differences against one label, within its preset
         print(paired_tables(sys.argv[3:], sys.argv[2], ("kl", "top1_agreement", "attention_error")))
         return
+    if sys.argv[1:2] == ["--versus"]:  # candidates against baselines, tasks x budgets
+        print(versus_tables(sys.argv[4:], sys.argv[2].split(";"), sys.argv[3].split(";")))
+        return
     if sys.argv[1:2] == ["--by-depth"]:
         print(depth_table(sys.argv[2:]))
         return
@@ -174,8 +250,8 @@ def main() -> None:
             tasks = sorted({r["task"] for r in rows})
             samples = {t: min(r.get("samples", 0) for r in rows if r["task"] == t) for t in tasks}
             counts = ", ".join(f"{t.removeprefix('ruler/')} {n}" for t, n in samples.items())
-            print(f"**B = {budget}** (score x 100; samples per task: {counts})\n")
-            print(task_matrix(rows, budget))
+            print(f"**B = {budget}** (score x 100 [95 % CI]; samples per task: {counts})\n")
+            print(task_matrix(sys.argv[2:], budget))
             print()
         return
     rows = load(sys.argv[1:])

@@ -509,3 +509,77 @@ def test_a_finished_run_missing_records_is_a_damaged_file(tmp_path):
     path.write_text("".join(line + "\n" for line in path.read_text().splitlines()[:2]))
     with pytest.raises(ValueError, match=r"damaged results file \(metrics.json lists 2 sample\(s\) with no record"):
         report([tmp_path], plots=tmp_path / "plots", resamples=500)
+
+
+def test_eval_tables_versus_grid_pairs_by_task_and_pools_with_the_stratified_bootstrap(tmp_path, capsys, monkeypatch):
+    """benchmarks/eval_tables.py --versus: per budget, one cell per task from the paired bootstrap, and a mean over
+    tasks equal to the mean of the tasks' mean differences."""
+    import importlib.util
+    from pathlib import Path
+
+    from lavakv.eval.intervals import paired_comparison, stratified_interval
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "eval_tables.py"
+    spec = importlib.util.spec_from_file_location("eval_tables", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rng = np.random.default_rng(1)
+    ids = _ids(12)
+    data = {}
+    for task, shift in (("ruler/vt", 0.3), ("ruler/fwe", -0.1)):
+        base = {i: float(v) for i, v in zip(ids, rng.random(12) * 0.5, strict=True)}
+        lava = {i: min(1.0, max(0.0, v + shift + 0.05 * rng.standard_normal())) for i, v in base.items()}
+        data[task] = (lava, base)
+        _write_run(tmp_path, "snapkv", 64, base, task=task)
+        _write_run(tmp_path, "lava", 64, lava, task=task)
+    text = module.versus_tables([str(tmp_path)], ["lava"], ["snapkv"])
+    row = next(line for line in text.splitlines() if line.startswith("| lava - snapkv |"))
+    cells = [c.strip() for c in row.strip("|").split("|")][1:]
+    assert len(cells) == 3  # fwe, vt, mean of tasks
+    fwe = paired_comparison({i: 100 * v for i, v in data["ruler/fwe"][0].items()},
+                            {i: 100 * v for i, v in data["ruler/fwe"][1].items()})
+    assert cells[0].startswith(f"{fwe.difference.mean:+.1f} [{fwe.difference.low:+.1f}, {fwe.difference.high:+.1f}]")
+    assert cells[1].endswith("+")  # vt: lava ahead by 30 points on every sample
+    groups = [[100 * (lava[i] - base[i]) for i in ids] for lava, base in (data["ruler/fwe"], data["ruler/vt"])]
+    pooled = stratified_interval(groups)
+    assert cells[2].startswith(f"{pooled.mean:+.1f} [{pooled.low:+.1f}, {pooled.high:+.1f}]")
+    wins = sum(lava[i] > base[i] for lava, base in data.values() for i in ids)
+    assert cells[2].endswith(f"{wins}/{sum(lava[i] == base[i] for lava, base in data.values() for i in ids)}/"
+                             f"{sum(lava[i] < base[i] for lava, base in data.values() for i in ids)}")
+    assert "pairs per task: [12]" in text
+    _write_run(tmp_path / "other", "lava", 64, data["ruler/vt"][0], task="ruler/vt", window=4)
+    with pytest.raises(SystemExit, match="two finished runs of lava at budget 64 on ruler/vt"):
+        module.versus_tables([str(tmp_path)], ["lava"], ["snapkv"])
+
+
+def test_eval_tables_by_task_cells_carry_intervals_and_the_stratified_means(tmp_path):
+    """--by-task: each cell is the score with its bootstrap interval; the RULER mean and the mean of all tasks are
+    stratified means; a task a method lacks leaves its means empty."""
+    import importlib.util
+    from pathlib import Path
+
+    from lavakv.eval.intervals import bootstrap_interval, stratified_interval
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "eval_tables.py"
+    spec = importlib.util.spec_from_file_location("eval_tables", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rng = np.random.default_rng(2)
+    ids = _ids(10)
+    scores = {task: {i: float(v) for i, v in zip(ids, rng.random(10), strict=True)}
+              for task in ("ruler/vt", "ruler/fwe", "code")}
+    for task, values in scores.items():
+        _write_run(tmp_path, "snapkv", 64, values, task=task)
+    _write_run(tmp_path, "lava", 64, scores["code"], task="code")
+    text = module.task_matrix([str(tmp_path)], 64)
+    lines = text.splitlines()
+    assert lines[0] == "| method | code | fwe | vt | RULER mean | mean of tasks |"
+    snap = [c.strip() for c in next(x for x in lines if x.startswith("| snapkv |")).strip("|").split("|")][1:]
+    per_task = [[100 * v for v in scores[t].values()] for t in ("code", "ruler/fwe", "ruler/vt")]
+    code = bootstrap_interval(per_task[0])
+    assert snap[0] == f"{code.mean:.1f} [{code.low:.1f}, {code.high:.1f}]"
+    ruler = stratified_interval(per_task[1:])
+    assert snap[3] == f"{ruler.mean:.1f} [{ruler.low:.1f}, {ruler.high:.1f}]"
+    everything = stratified_interval(per_task)
+    assert snap[4] == f"{everything.mean:.1f} [{everything.low:.1f}, {everything.high:.1f}]"
+    assert next(x for x in lines if x.startswith("| lava |")).endswith("| - | - | - | - |")
