@@ -142,6 +142,33 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_describe(args: argparse.Namespace) -> int:
+    """Print each method's components and every option with its value, default, meaning and source."""
+    from lavakv.eval.specs import parse_method, split_methods
+    from lavakv.options import describe_options
+
+    blocks = []
+    for entry in split_methods(",".join(args.method)):
+        spec = parse_method(entry)
+        if spec.name == "full":
+            blocks.append("full: no compression; no components, no options")
+            continue
+        resolved = method(spec.name, budget=10**9, window=1, **spec.params)  # refuses unknown options and values
+        lines = [f"{spec.label}: scorer {resolved.scorer}, layer allocation {resolved.layers}, head allocation "
+                 f"{resolved.heads}; observation window w = {DEFAULT_WINDOW} unless set (--window, window=)"]
+        for option in describe_options(resolved.scorer, resolved.layers, resolved.heads, resolved.params):
+            changed = "" if option.value == option.default else f", preset default {option.default!r}"
+            lines.append(f"  {option.name} = {option.value!r}  ({option.component}{changed}; default from "
+                         f"{option.source})")
+            lines.append(f"      {option.meaning}")
+        if len(lines) == 1:
+            lines.append("  (no options)")
+        blocks.append("\n".join(lines))
+    print("\n\n".join(blocks))
+    print("\nThe formulas and the sources of every option: docs/methods.md in the lavakv repository.")
+    return 0
+
+
 def _window(args: argparse.Namespace) -> int:
     """``--window``, or the default when it was not given."""
     return DEFAULT_WINDOW if args.window is None else args.window
@@ -367,6 +394,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("methods", parents=[common], help="list the method presets",
                        description="List the method presets with their components and default parameters.")
     p.set_defaults(run=cmd_methods)
+
+    p = sub.add_parser("describe", parents=[common], help="one method's components and options, explained",
+                       description="Print a method's components and each of its options with its value, its "
+                                   "default, what it does and where the default comes from (the baseline's own "
+                                   "code, the paper, or lavakv).")
+    p.add_argument("method", nargs="+", metavar="METHOD",
+                   help="a preset, optionally with options as in `lavakv eval --methods` (e.g. lava, "
+                        "'lava[alpha=0.2,floor=lava-reference]', snapkv)")
+    p.set_defaults(run=cmd_describe)
 
     p = sub.add_parser("generate", parents=[common], help="answer a question with a compressed KV cache",
                        description="Answer a question about a context (or continue it) with one method; prints the "
