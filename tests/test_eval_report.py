@@ -466,8 +466,8 @@ def test_report_labels_old_runs_by_their_preset_and_new_ones_by_their_label(tmp_
     assert row["verdict"] == "trails" and row["against"] == "lava[alpha=0.2]-b64"
 
 
-def test_eval_tables_group_by_label(tmp_path, capsys, monkeypatch):
-    """benchmarks/eval_tables.py renders one row per method label (older runs: per preset)."""
+def _eval_tables():
+    """benchmarks/eval_tables.py, imported as a module."""
     import importlib.util
     from pathlib import Path
 
@@ -475,6 +475,12 @@ def test_eval_tables_group_by_label(tmp_path, capsys, monkeypatch):
     spec = importlib.util.spec_from_file_location("eval_tables", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_eval_tables_group_by_label(tmp_path, capsys, monkeypatch):
+    """benchmarks/eval_tables.py renders one row per method label (older runs: per preset)."""
+    module = _eval_tables()
     ids = _ids(4)
     for method, budget, value in (("lava", 64, 0.25), ("lava", 128, 0.5), ("full", None, 1.0)):
         _write_run(tmp_path, method, budget, {i: value for i in ids})
@@ -514,15 +520,9 @@ def test_a_finished_run_missing_records_is_a_damaged_file(tmp_path):
 def test_eval_tables_versus_grid_pairs_by_task_and_pools_with_the_stratified_bootstrap(tmp_path, capsys, monkeypatch):
     """benchmarks/eval_tables.py --versus: per budget, one cell per task from the paired bootstrap, and a mean over
     tasks equal to the mean of the tasks' mean differences."""
-    import importlib.util
-    from pathlib import Path
-
     from lavakv.eval.intervals import paired_comparison, stratified_interval
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "eval_tables.py"
-    spec = importlib.util.spec_from_file_location("eval_tables", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _eval_tables()
     rng = np.random.default_rng(1)
     ids = _ids(12)
     data = {}
@@ -555,15 +555,9 @@ def test_eval_tables_versus_grid_pairs_by_task_and_pools_with_the_stratified_boo
 def test_eval_tables_by_task_cells_carry_intervals_and_the_stratified_means(tmp_path):
     """--by-task: each cell is the score with its bootstrap interval; the RULER mean and the mean of all tasks are
     stratified means; a task a method lacks leaves its means empty."""
-    import importlib.util
-    from pathlib import Path
-
     from lavakv.eval.intervals import bootstrap_interval, stratified_interval
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "eval_tables.py"
-    spec = importlib.util.spec_from_file_location("eval_tables", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _eval_tables()
     rng = np.random.default_rng(2)
     ids = _ids(10)
     scores = {task: {i: float(v) for i, v in zip(ids, rng.random(10), strict=True)}
