@@ -462,7 +462,7 @@ def _statistic(allocation, inputs, scores):
 
 
 @pytest.mark.parametrize("preset,kwargs", [
-    ("lava", {}), ("cake", {}), ("lava-uniform-head", {}), ("lava-pyramid", {}),
+    ("lava", {"alpha": 0.0}), ("cake", {}), ("lava-uniform-head", {}), ("lava-pyramid", {}),
     ("lava", {"alpha": 0.2}), ("lava", {"alpha": 0.5}), ("cake", {"heads": "adaptive", "alpha": 0.2}),
 ])
 def test_cascade_equals_one_shot_allocation_with_final_budgets(monkeypatch, preset, kwargs):
@@ -472,6 +472,14 @@ def test_cascade_equals_one_shot_allocation_with_final_budgets(monkeypatch, pres
     calls = _record_scorer(monkeypatch, m.scorer)
     model = tiny_model("llama", layers=4, heads=4, kv_heads=2, head_dim=16)
     ids, mask = prompt(batch=2, length=100, pad=(0, 13))
+    _assert_cascade_is_one_shot(m, model, ids, mask, calls)
+
+
+def _assert_cascade_is_one_shot(m, model, ids, mask, calls: list) -> None:
+    """Prefill ``ids`` with method ``m`` (its scorer recorded into ``calls``), then check the statistics and final
+    budgets against a recomputation and every layer's kept set against a one-shot allocation at its final budget;
+    with adaptive heads, also that a compressed layer keeps exactly ``kv_heads * (B_l + w)`` entries per row."""
+    window, budget = m.window, m.budget
     real = mask.sum(-1)
     with m.attach(model) as session:
         cache = session.cache()
@@ -479,6 +487,9 @@ def test_cascade_equals_one_shot_allocation_with_final_budgets(monkeypatch, pres
             model(ids, attention_mask=mask, past_key_values=cache)
         stats = session.stats()
     layers = cache.compressible_layers()
+    if not calls:  # a short prompt: nothing to compress
+        assert bool((real <= budget).all()), "a prompt longer than the budget was not scored"
+        return
     assert len(calls) == len(layers) and stats.layer_budgets is not None
     allocation = m.layer_allocation()
     mean = torch.full_like(real, budget - window)
@@ -497,10 +508,42 @@ def test_cascade_equals_one_shot_allocation_with_final_budgets(monkeypatch, pres
         keep_all = b_l >= real - window
         keep = torch.where(keep_all[:, None, None], scores > -INF, keep)
         assert torch.equal(stats.kept_tokens[idx], keep.sum(-1)), f"layer {layer_idx}: kept counts per head"
+        if m.heads == "adaptive":
+            heads = keep.shape[1]
+            exact = torch.where(keep_all, heads * real, heads * (b_l + window))
+            assert torch.equal(stats.kept_tokens[idx].sum(-1), exact), f"layer {layer_idx}: H * (B_l + w) per row"
         layer = cache.layers[layer_idx]
-        assert layer.compressed, "every layer is compressed at this budget"
+        if bool(keep_all.all()):  # a short prompt for this budget: the layer keeps everything
+            continue
+        assert layer.compressed
         stored_keys, _ = layer.prompt_entries()
         assert torch.equal(stored_keys, keys[keep]), f"layer {layer_idx}: the kept set differs from one-shot"
+
+
+@given(alpha=st.sampled_from([0.0, 0.2, 0.5]), seed=st.integers(0, 10**6), length=st.integers(24, 110),
+       pad=st.integers(0, 20), extra=st.integers(1, 40), preset=st.sampled_from(["lava", "lava-pyramid"]))
+@settings(max_examples=24, deadline=None)
+def test_cascade_equals_one_shot_for_any_prompt_and_budget(alpha, seed, length, pad, extra, preset):
+    """Property: for alpha in {0, 0.2, 0.5}, any seed, prompt length, left padding and budget, the cascade through
+    the real coordinator keeps exactly the one-shot selection at the final budgets, H * (B_l + w) per layer."""
+    window = 6
+    budget = window + extra
+    m = lavakv.method(preset, budget=budget, window=window, alpha=alpha)
+    calls: list[tuple] = []
+    inner = runtime.SCORERS[m.scorer]
+
+    def recording(inputs, **kwargs):
+        scores = inner(inputs, **kwargs)
+        calls.append((inputs, scores.clone(), inputs.keys.clone()))
+        return scores
+
+    model = tiny_model("llama", layers=4, heads=4, kv_heads=2, head_dim=16, seed=seed % 7)
+    ids, mask = prompt(batch=2, length=length, pad=(0, min(pad, length - window - 1)), seed=seed)
+    runtime.SCORERS[m.scorer] = recording
+    try:
+        _assert_cascade_is_one_shot(m, model, ids, mask, calls)
+    finally:
+        runtime.SCORERS[m.scorer] = inner
 
 
 def test_lava_statistics_are_normalised_entropies_and_budgets_sum_to_total():
