@@ -118,7 +118,7 @@ class Report:
             self.add(f"- Prompt: Python standard-library sources (`benchmarks/prompts.py`), cut to each length; the "
                      f"same token ids feed both venvs (sha256 prefix `{s['prompt_sha256_16']}`).")
         self.add("- Budget B: tokens per KV head per layer on average, observation window (w = 32) included "
-                 "(METHODS.md §0). kvpress gets `compression_ratio = 1 - B/n`, i.e. the same number of kept entries "
+                 "(docs/methods.md). kvpress gets `compression_ratio = 1 - B/n`, i.e. the same number of kept entries "
                  "(its SnapKV/PyramidKV window set to 32 as well).\n")
 
     # -- 1. memory ----------------------------------------------------------------------------------------

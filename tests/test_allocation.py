@@ -1,4 +1,4 @@
-"""Budget allocation (METHODS.md §2-3): head allocations, layer allocations, and the cascade through the runtime.
+"""Budget allocation (docs/methods.md): head allocations, layer allocations, and the cascade through the runtime.
 
 Scores follow the scorer convention: float32 ``[batch, kv_heads, tokens]``, +inf on the last ``window`` positions,
 -inf on left padding. Expected results are computed independently in plain Python from the documented rules.

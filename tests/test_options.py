@@ -47,3 +47,13 @@ def test_docs_options_table_names_every_option():
              for _, _, option, _ in component_options(scorer, layers, heads)}
     assert every <= names, sorted(every - names)
     assert set(MEANINGS) == every  # no note for an option that no longer exists
+
+
+def test_python_describe_carries_the_notes():
+    """lavakv.describe(name)["notes"]: one note per parameter, saying what it does and where its default is from."""
+    for name in list_methods():
+        info = describe(name)
+        assert set(info["notes"]) == set(info["params"]), name
+    notes = describe("lava")["notes"]
+    assert "cap formula" in notes["floor"] and "default from lavakv" in notes["floor"]
+    assert notes["value_norm_range"].endswith("(default from LAVa paper, Eq. 5)")

@@ -8,7 +8,7 @@ from conftest import prompt, tiny_model
 
 import lavakv
 
-# METHODS.md §4, written out independently of lavakv.methods.PRESETS: preset -> (scorer, layers, heads).
+# docs/methods.md, written out independently of lavakv.methods.PRESETS: preset -> (scorer, layers, heads).
 TABLE: dict[str, tuple[str | None, str | None, str | None]] = {
     "full": (None, None, None),
     "streamingllm": ("streaming", "uniform", "uniform"),
@@ -31,7 +31,7 @@ TABLE: dict[str, tuple[str | None, str | None, str | None]] = {
     "kvzip": ("kvzip", "uniform", "uniform"),
     "lava-kvzip": ("kvzip", "lava", "adaptive"),
 }
-# METHODS.md defaults for the hyper-parameters the spec names.
+# docs/methods.md defaults for the hyper-parameters the spec names.
 DEFAULTS = {
     "streaming": {"n_sink": 4},
     "tova": {"head_scope": "layer"},
@@ -60,7 +60,7 @@ def model():
 
 
 def _row_budget(real: int, setting: dict) -> int:
-    """B per row, window included (METHODS.md §0)."""
+    """B per row, window included (docs/methods.md)."""
     return setting["budget"] if "budget" in setting else round((1 - setting["compression_ratio"]) * real)
 
 

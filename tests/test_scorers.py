@@ -1,4 +1,4 @@
-"""Scorers (METHODS.md §1) and the layer statistics (§3): shared checks for every scorer plus float64 references."""
+"""Scorers (docs/methods.md) and the layer statistics (§3): shared checks for every scorer plus float64 references."""
 
 from __future__ import annotations
 
@@ -425,7 +425,7 @@ def test_random_same_seed_same_scores_different_seed_differs():
     assert not torch.equal(a[finite], c[finite])
 
 
-# ---- layer statistics (METHODS.md §3) ----
+# ---- layer statistics (docs/methods.md) ----
 
 
 def valid_prefix_of(inputs: ScoringInputs) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Budget arithmetic: the configured budget or compression ratio -> tokens kept per KV head, per sequence.
 
-Units follow METHODS.md §0: ``B`` is the budget per KV head per layer on average, window included; the
+Units follow docs/methods.md: ``B`` is the budget per KV head per layer on average, window included; the
 dynamic part shared by the layers is ``T = L * (B - w)``; a compression ratio ``r`` is the fraction of prompt
 entries removed, so ``B = round((1 - r) * n)`` for a prompt of ``n`` real tokens.
 """

@@ -1,4 +1,4 @@
-"""Methods: a scorer x a layer allocation x a head allocation, the presets of METHODS.md §4, and the registry."""
+"""Methods: a scorer x a layer allocation x a head allocation, the presets (docs/methods.md) and the registry."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 
 from lavakv.allocation import HEAD_ALLOCATIONS, LAYER_ALLOCATIONS
 from lavakv.budget import validate_budget, validate_chunk_size, validate_decode_budget
+from lavakv.options import describe_options
 from lavakv.runtime.components import Components
 from lavakv.runtime.session import Session
 from lavakv.scorers import RECONSTRUCTION_SCORERS, SCORERS, Scorer, scorer_defaults
@@ -217,12 +218,16 @@ def method(
 
 
 def describe(name: str) -> dict[str, Any]:
-    """The components and default parameters a preset resolves to (no budget set)."""
+    """The components and default parameters a preset resolves to (no budget set), and ``notes``: per parameter,
+    what it does and where its default comes from (the baseline's own code, the paper, or lavakv; see
+    ``lavakv describe``)."""
     if name not in PRESETS:
         raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(PRESETS)}")
     if PRESETS[name] is None:
-        return {"name": "full", "scorer": None, "layers": None, "heads": None, "params": {}}
+        return {"name": "full", "scorer": None, "layers": None, "heads": None, "params": {}, "notes": {}}
     info = method(name, budget=10**9, window=1).describe()
     for key in ("budget", "compression_ratio", "window", "decode_budget", "decode_interval", "chunk_size"):
         info.pop(key)
+    info["notes"] = {o.name: f"{o.meaning} (default from {o.source})"
+                     for o in describe_options(info["scorer"], info["layers"], info["heads"], info["params"])}
     return info

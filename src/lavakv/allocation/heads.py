@@ -1,4 +1,4 @@
-"""Head allocation inside one layer: which prompt entries each KV head keeps (METHODS.md §2).
+"""Head allocation inside one layer: which prompt entries each KV head keeps (docs/methods.md).
 
 Inputs follow the scorer conventions: ``scores [batch, kv_heads, tokens]`` float32 with +inf on the window and
 -inf on padding. ``budget [batch]`` is the layer's budget B_l in prefix tokens per KV head (window excluded).
@@ -41,7 +41,7 @@ def top_per_head(ranked: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
 
 
 def uniform_heads(scores: torch.Tensor, budget: torch.Tensor, window: int) -> torch.Tensor:
-    """Every KV head keeps its own top-``budget`` prefix tokens plus the window (METHODS.md §2, uniform)."""
+    """Every KV head keeps its own top-``budget`` prefix tokens plus the window (docs/methods.md, uniform)."""
     keep = _window_keep(scores, window)
     counts = budget[:, None].expand(scores.shape[0], scores.shape[1])
     return keep | top_per_head(prefix_scores(scores, window), counts)

@@ -1,4 +1,4 @@
-"""Layer allocation: how the dynamic budget T = L * (B - w) is split over the layers (METHODS.md §3).
+"""Layer allocation: how the dynamic budget T = L * (B - w) is split over the layers (docs/methods.md).
 
 A static allocation knows every layer's budget before prefill. A cascade (LAVa, CAKE) learns one statistic per
 layer as prefill reaches it, and after each layer re-budgets every layer seen so far in proportion to their
@@ -152,7 +152,7 @@ def largest_remainder(exact: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
 
 
 def proportional_budgets(stats: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
-    """B_j = floor(stat_j / sum_k stat_k * T) for the layers seen so far (METHODS.md §3, Eq. 7).
+    """B_j = floor(stat_j / sum_k stat_k * T) for the layers seen so far (docs/methods.md; paper Eq. 7).
 
     Args:
         stats: ``[layers_seen, batch]`` float, non-negative.

@@ -1,4 +1,4 @@
-"""Per-layer statistics the layer allocations need: LAVa's normalised entropy and CAKE's preference (METHODS.md §3)."""
+"""Per-layer statistics of the layer allocations: LAVa's normalised entropy, CAKE's preference (docs/methods.md)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def _prefix_columns(valid_prefix: torch.Tensor) -> int:
 def normalized_entropy(
     scores: torch.Tensor, valid_prefix: torch.Tensor, *, prefix_len: int | None = None
 ) -> torch.Tensor:
-    """LAVa's normalised layer entropy (Shen et al., 2025, Sec. 4.2, Eq. 6; METHODS.md §3), one value per row.
+    """LAVa's normalised layer entropy (Shen et al., 2025, Sec. 4.2, Eq. 6; docs/methods.md), one value per row.
 
     p = s / sum(s) over the (KV head, token) entries of a row that are valid prefix tokens and finite, and
     e = -sum p log p / log(H_kv * (n - w)), with 0 log 0 = 0, in float32.

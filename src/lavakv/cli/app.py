@@ -34,6 +34,7 @@ from lavakv.generation import GenerationResult, generate, generate_many, prompt_
 from lavakv.haystack import answer_correct, build_haystack
 from lavakv.methods import DEFAULT_WINDOW, Method, describe, list_methods, method
 from lavakv.models import MODELS, ModelNotInstalledError, default_model_name, load_model
+from lavakv.options import describe_options
 
 logger = logging.getLogger("lavakv")
 
@@ -145,7 +146,6 @@ def cmd_methods(args: argparse.Namespace) -> int:
 def cmd_describe(args: argparse.Namespace) -> int:
     """Print each method's components and every option with its value, default, meaning and source."""
     from lavakv.eval.specs import parse_method, split_methods
-    from lavakv.options import describe_options
 
     blocks = []
     for entry in split_methods(",".join(args.method)):

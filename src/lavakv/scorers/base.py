@@ -80,7 +80,7 @@ class ScoringInputs:
     def window_attention(self) -> torch.Tensor:
         """Softmax attention of the window queries over all prompt keys, float32.
 
-        Returns ``[batch, q_heads, w, tokens]`` (METHODS.md §0, A_{l,h}[j, i] for j in the window): causal inside
+        Returns ``[batch, q_heads, w, tokens]`` (docs/methods.md, A_{l,h}[j, i] for j in the window): causal inside
         the window (unless ``queries_follow``), zero on padding keys. Costs O(q_heads * w * tokens * head_dim);
         never builds n x n.
         Computed once per layer and shared by every scorer that needs it.

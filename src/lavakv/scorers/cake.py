@@ -1,4 +1,4 @@
-"""CAKE scorer: window mean plus gamma times window variance of attention, pooled like SnapKV (METHODS.md §1)."""
+"""CAKE scorer: window mean plus gamma times window variance of attention, pooled like SnapKV (docs/methods.md)."""
 
 from __future__ import annotations
 

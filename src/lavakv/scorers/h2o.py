@@ -1,4 +1,4 @@
-"""H2O scorer, one-shot prefill variant: attention accumulated over every prompt query (METHODS.md §1)."""
+"""H2O scorer, one-shot prefill variant: attention accumulated over every prompt query (docs/methods.md)."""
 
 from __future__ import annotations
 

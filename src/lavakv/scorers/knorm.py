@@ -1,4 +1,4 @@
-"""KNorm scorer: keys with a small L2 norm are kept (METHODS.md §1)."""
+"""KNorm scorer: keys with a small L2 norm are kept (docs/methods.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""LAVa scorer: value-norm-scaled, max-pooled window attention with a conservative GQA max (METHODS.md §1)."""
+"""LAVa scorer: value-norm-scaled, max-pooled window attention with a conservative GQA max (docs/methods.md)."""
 
 from __future__ import annotations
 

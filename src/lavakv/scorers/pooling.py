@@ -1,4 +1,4 @@
-"""Shared scorer steps: hyper-parameter checks, pooling along tokens and GQA group reduction (METHODS.md §1)."""
+"""Shared scorer steps: hyper-parameter checks, pooling along tokens and GQA group reduction (docs/methods.md)."""
 
 from __future__ import annotations
 

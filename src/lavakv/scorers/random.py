@@ -1,4 +1,4 @@
-"""Random scorer: seeded uniform scores, the sanity floor (METHODS.md §1)."""
+"""Random scorer: seeded uniform scores, the sanity floor (docs/methods.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SnapKV scorer: window-averaged attention, pooled along tokens (METHODS.md §1)."""
+"""SnapKV scorer: window-averaged attention, pooled along tokens (docs/methods.md)."""
 
 from __future__ import annotations
 

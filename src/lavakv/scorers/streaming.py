@@ -1,4 +1,4 @@
-"""StreamingLLM scorer: attention sinks plus the most recent tokens, no attention needed (METHODS.md §1)."""
+"""StreamingLLM scorer: attention sinks plus the most recent tokens, no attention needed (docs/methods.md)."""
 
 from __future__ import annotations
 

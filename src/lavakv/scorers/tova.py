@@ -1,4 +1,4 @@
-"""TOVA scorer: attention of the last prompt query (METHODS.md §1)."""
+"""TOVA scorer: attention of the last prompt query (docs/methods.md)."""
 
 from __future__ import annotations
 
