@@ -48,6 +48,7 @@ from common import write_result
 
 import lavakv
 from lavakv.compat import cache_kwargs
+from lavakv.eval.intervals import bootstrap_interval
 
 RESULTS = Path("benchmarks/results/decode_eviction")
 PLOTS = Path("benchmarks/plots")
@@ -482,15 +483,20 @@ def plot(folder: Path, plots: Path) -> list[Path]:
                 for r in res["results"].values():
                     if r["decode_budget"] != d:
                         continue
-                    means = [sum(s[k] for s in r["kl"]) / len(r["kl"]) for k in range(len(centres))]
-                    ax.plot(centres, means, marker="o", ms=3, label=r["method"])
+                    # per bucket, the mean over samples with its 95 % bootstrap interval
+                    intervals = [bootstrap_interval([s[k] for s in r["kl"]]) for k in range(len(centres))]
+                    means = [i.mean for i in intervals]
+                    spread = [[max(i.mean - i.low, 0.0) if i.low == i.low else 0.0 for i in intervals],
+                              [max(i.high - i.mean, 0.0) if i.high == i.high else 0.0 for i in intervals]]
+                    ax.errorbar(centres, means, yerr=spread, marker="o", ms=3, capsize=2, label=r["method"])
                 ax.set_title(f"D = {d} (B = {d - res['interval']})")
                 ax.set_xlabel("generated position")
                 ax.set_yscale("log")
                 ax.grid(alpha=0.3)
             axes[0][0].set_ylabel("KL(full || method), nats")
             axes[0][-1].legend(fontsize=8)
-            fig.suptitle(f"{res['model']}: teacher-forced continuation, {res['samples']} samples", fontsize=10)
+            fig.suptitle(f"{res['model']}: teacher-forced continuation, {res['samples']} samples (95 % intervals)",
+                         fontsize=10)
             fig.tight_layout()
             path = plots / f"decode_eviction_fidelity_{res['model']}.png"
             fig.savefig(path, dpi=110)
