@@ -21,7 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from lavakv.eval.intervals import bootstrap_interval, paired_comparison, stratified_interval, verdict
-from lavakv.eval.report import _group_key, find_runs, higher_is_better, load_run, method_label
+from lavakv.eval.report import _group_key, find_runs, higher_is_better, load_run, method_label, metric_scale
 from lavakv.eval.specs import normalise_label
 
 
@@ -62,6 +62,36 @@ def pivot(rows: list[dict], metric: str) -> str:
     return "\n".join(lines)
 
 
+def score_runs(dirs: list[str], option: str) -> dict[tuple, tuple[str, dict]]:
+    """The finished runs under ``dirs`` (searched recursively) by (label, budget, task) -> (score name, sample id ->
+    score on the reported scale); ``full`` under budget None, a ratio run under ("ratio", r). Two runs with one key
+    (another window, model or task setting) -> SystemExit naming ``option``."""
+    by_key: dict[tuple, tuple[str, dict]] = {}
+    for run in map(load_run, find_runs(dirs)):
+        if run["metrics"] is None:
+            continue
+        config = run["config"]
+        method = config["method"]
+        budget = method.get("budget") if method.get("budget") is not None else (
+            ("ratio", method["compression_ratio"]) if method.get("compression_ratio") is not None else None)
+        key = (method_label(config), budget, config["task"])
+        if key in by_key:
+            raise SystemExit(f"{option}: two finished runs of {key[0]} at budget {key[1]} on {key[2]} (another "
+                             "window, model or task setting?): give the directories of one setting")
+        name = run["metrics"].get("score_name")
+        by_key[key] = (name, run["scores"].get(name, {}))
+    return by_key
+
+
+def _budgets(by_key: dict[tuple, tuple]) -> list[int]:
+    return sorted({b for _, b, _ in by_key if isinstance(b, int)})
+
+
+def _lookup(by_key: dict[tuple, tuple], label: str, budget: int, task: str) -> tuple[str, dict] | None:
+    """A run's (score name, scores) at ``budget``; ``full`` has no budget and serves every one."""
+    return by_key.get((label, None if label == "full" else budget, task))
+
+
 def task_matrix(dirs: list[str], budget: int) -> str:
     """Methods as rows, tasks as columns (then the RULER mean when there are several RULER tasks, and the mean of
     all tasks when there are others too) at one budget, full shown on every table. A cell is the task's score with
@@ -71,11 +101,12 @@ def task_matrix(dirs: list[str], budget: int) -> str:
     kinds = {(r["config"]["model"], r["config"]["query_mode"]) for r in runs}
     if len(kinds) > 1:
         raise SystemExit(f"--by-task: the directories mix models / query modes {sorted(kinds)}; give one kind")
+    by_key = score_runs(dirs, "--by-task")
     table: dict[str, dict] = defaultdict(dict)
-    for run in runs:
-        if run["config"]["method"].get("budget") in (None, budget):
-            values = run["scores"].get(run["metrics"].get("score_name"), {})
-            table[method_label(run["config"])][run["config"]["task"]] = [v for v in values.values() if v == v]
+    for label, _, task in by_key:
+        found = _lookup(by_key, label, budget, task)
+        if found is not None:
+            table[label][task] = [v for v in found[1].values() if not math.isnan(v)]
     tasks = sorted({task for cells in table.values() for task in cells})
     ruler = [t for t in tasks if t.startswith("ruler/")]
     means = ([("RULER mean", ruler)] if len(ruler) > 1 else []) + ([("mean of tasks", tasks)] if len(ruler) < len(
@@ -91,12 +122,13 @@ def task_matrix(dirs: list[str], budget: int) -> str:
     return "\n".join(lines)
 
 
-def _interval_text(interval) -> str:
+def _interval_text(interval, sign: str = "", digits: str = ".1f") -> str:
+    """``mean [low, high]``; the mean alone (with "too few") when there is no interval; "-" for None."""
     if interval is None:
         return "-"
     if math.isnan(interval.low):
-        return f"{interval.mean:.1f}"
-    return f"{interval.mean:.1f} [{interval.low:.1f}, {interval.high:.1f}]"
+        return f"{interval.mean:{sign}{digits}} (too few)"
+    return f"{interval.mean:{sign}{digits}} [{interval.low:{sign}{digits}}, {interval.high:{sign}{digits}}]"
 
 
 def paired_tables(dirs: list[str], against: str, metrics: tuple[str, ...]) -> str:
@@ -148,29 +180,26 @@ def paired_tables(dirs: list[str], against: str, metrics: tuple[str, ...]) -> st
     return "\n".join(out)
 
 
-def versus_tables(dirs: list[str], candidates: list[str], baselines: list[str], metric: str = "score") -> str:
+def versus_tables(dirs: list[str], candidates: list[str], baselines: list[str]) -> str:
     """Per budget, one table of paired score differences: a row per (candidate, baseline) pair, a column per task
     and a last column for the unweighted mean over the tasks. A task cell is ``lavakv report --against``'s pairing
-    and bootstrap (mean of candidate - baseline per sample, 95 % interval, verdict, W/T/L); the mean column is the
-    mean of the tasks' mean differences with the stratified bootstrap (each task resampled on its own, as the RULER
-    mean), and its W/T/L counts every pair. Only finished runs; ``metric`` "score" is each task's own score."""
+    and bootstrap on the task's own score (mean of candidate - baseline per sample, 95 % interval, verdict in the
+    score's direction: lower is better for kl); the mean column is the mean of the tasks' mean differences with the
+    stratified bootstrap (each task resampled on its own, as the RULER mean), and its W/T/L counts every pair. The
+    mean is left out ("-") when the tasks' scores differ in direction or scale. ``full`` (no budget) is compared
+    at every budget. Finished runs only."""
     candidates = [normalise_label(c) for c in candidates]
     baselines = [normalise_label(b) for b in baselines]
-    runs = [run for run in map(load_run, find_runs(dirs)) if run["metrics"] is not None]
-    by_key: dict[tuple, dict] = {}
-    for run in runs:
-        config = run["config"]
-        name = run["metrics"].get("score_name") if metric == "score" else metric
-        key = (method_label(config), config["method"].get("budget"), config["task"])
-        if key in by_key:
-            raise SystemExit(f"--versus: two finished runs of {key[0]} at budget {key[1]} on {key[2]} (another "
-                             "window, model or task setting?): give the directories of one setting")
-        by_key[key] = run["scores"].get(name)
+    by_key = score_runs(dirs, "--versus")
     tasks = sorted({task for _, _, task in by_key})
-    budgets = sorted({b for _, b, _ in by_key if b is not None})
+    names = {task: name for (_, _, task), (name, _) in by_key.items()}
+    kinds = {(higher_is_better(names[t]), metric_scale(t)) for t in tasks}
+    poolable = len(kinds) == 1
+    scale = {metric_scale(t) for t in tasks}
+    unit = "x 100" if scale == {100.0} else "on each task's scale"
     mark = {"leads": "+", "trails": "-"}
     out = []
-    for budget in budgets:
+    for budget in _budgets(by_key):
         pairs_seen = set()
         lines = ["| method - baseline | " + " | ".join(t.removeprefix("ruler/") for t in tasks) + " | mean of tasks |",
                  "|---" * (len(tasks) + 2) + "|"]
@@ -178,25 +207,29 @@ def versus_tables(dirs: list[str], candidates: list[str], baselines: list[str], 
             for baseline in baselines:
                 cells, groups, counts = [], [], [0, 0, 0]
                 for task in tasks:
-                    values, base = by_key.get((candidate, budget, task)), by_key.get((baseline, budget, task))
-                    if values is None or base is None:
+                    mine, theirs = _lookup(by_key, candidate, budget, task), _lookup(by_key, baseline, budget, task)
+                    if mine is None or theirs is None:
                         cells.append("-")
                         continue
-                    result = paired_comparison(values, base, higher_is_better=higher_is_better(metric))
-                    d = result.difference
-                    pairs_seen.add(d.n)
+                    (name, values), (_, base) = mine, theirs
+                    better = higher_is_better(name)
+                    digits = ".1f" if metric_scale(task) == 100.0 else ".3g"
+                    result = paired_comparison(values, base, higher_is_better=better)
+                    pairs_seen.add(result.difference.n)
                     counts = [counts[0] + result.wins, counts[1] + result.ties, counts[2] + result.losses]
                     groups.append([values[i] - base[i] for i in base
                                    if i in values and not math.isnan(values[i] - base[i])])
-                    cells.append(f"{d.mean:+.1f} [{d.low:+.1f}, {d.high:+.1f}] {mark.get(result.verdict, '~')}")
-                if len(groups) == len(tasks):
+                    cells.append(f"{_interval_text(result.difference, '+', digits)} {mark.get(result.verdict, '~')}")
+                if poolable and groups and len(groups) == len(tasks):
+                    better, task_scale = next(iter(kinds))
                     d = stratified_interval(groups)
-                    flag = mark.get(verdict(d, higher_is_better(metric)), "~")
-                    cells.append(f"{d.mean:+.1f} [{d.low:+.1f}, {d.high:+.1f}] {flag} {'/'.join(map(str, counts))}")
+                    flag = mark.get(verdict(d, better), "~")
+                    digits = ".1f" if task_scale == 100.0 else ".3g"
+                    cells.append(f"{_interval_text(d, '+', digits)} {flag} {'/'.join(map(str, counts))}")
                 else:
                     cells.append("-")
                 lines.append(f"| {candidate} - {baseline} | " + " | ".join(cells) + " |")
-        out.append(f"**B = {budget}**: paired {metric} differences x 100 (method - baseline) [95 % CI], + the method "
+        out.append(f"**B = {budget}**: paired score differences {unit} (method - baseline) [95 % CI], + the method "
                    f"leads, - it trails, ~ not resolved; pairs per task: {sorted(pairs_seen)}; W/T/L over all "
                    "pairs in the last column\n")
         out.extend(lines)
@@ -245,12 +278,12 @@ def main() -> None:
         print(depth_table(sys.argv[2:]))
         return
     if sys.argv[1:2] == ["--by-task"]:  # one score table per budget, tasks as columns
-        rows = load(sys.argv[2:])
-        for budget in sorted({r["budget"] for r in rows if r.get("budget") is not None}):
-            tasks = sorted({r["task"] for r in rows})
-            samples = {t: min(r.get("samples", 0) for r in rows if r["task"] == t) for t in tasks}
-            counts = ", ".join(f"{t.removeprefix('ruler/')} {n}" for t, n in samples.items())
-            print(f"**B = {budget}** (score x 100 [95 % CI]; samples per task: {counts})\n")
+        by_key = score_runs(sys.argv[2:], "--by-task")
+        tasks = sorted({task for _, _, task in by_key})
+        samples = {t: min(len(v) for (_, _, task), (_, v) in by_key.items() if task == t) for t in tasks}
+        counts = ", ".join(f"{t.removeprefix('ruler/')} {n}" for t, n in samples.items())
+        for budget in _budgets(by_key):
+            print(f"**B = {budget}** (score [95 % CI]; samples per task, fewest of any run: {counts})\n")
             print(task_matrix(sys.argv[2:], budget))
             print()
         return

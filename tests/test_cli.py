@@ -59,6 +59,14 @@ def test_describe_explains_every_option_of_lava(capsys):
     assert full.startswith("full: no compression")
 
 
+def test_describe_lists_method_settings_apart_from_options(capsys):
+    """decode_budget / chunk_size in a label are method settings: shown, not checked against a placeholder budget."""
+    assert cli.main(["describe", "lava[decode_budget=512,chunk_size=64]"]) == 0
+    out = capsys.readouterr().out
+    assert "  decode_budget = 512  (method setting" in out and "  chunk_size = 64  (method setting" in out
+    assert "1000000000" not in out
+
+
 @pytest.mark.parametrize(("label", "message"), [
     ("lava[alpha=2]", "alpha (adaptive-head floor fraction) must be in [0, 1)"),
     ("lava[gamma=2]", "unknown parameter(s) gamma"),

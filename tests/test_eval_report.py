@@ -577,3 +577,37 @@ def test_eval_tables_by_task_cells_carry_intervals_and_the_stratified_means(tmp_
     everything = stratified_interval(per_task)
     assert snap[4] == f"{everything.mean:.1f} [{everything.low:.1f}, {everything.high:.1f}]"
     assert next(x for x in lines if x.startswith("| lava |")).endswith("| - | - | - | - |")
+
+
+def test_eval_tables_versus_full_fidelity_direction_and_too_few(tmp_path):
+    """--versus: full (no budget) is a baseline at every budget; a kl score is better when lower; one pair gives
+    "too few", not a NaN interval; --by-task keeps a ratio run out of the budget's cells."""
+    module = _eval_tables()
+    ids = _ids(8)
+    _write_run(tmp_path, "full", None, {i: 1.0 for i in ids}, task="ruler/vt")
+    _write_run(tmp_path, "lava", 64, {i: 0.5 for i in ids}, task="ruler/vt")
+    text = module.versus_tables([str(tmp_path)], ["lava"], ["full"])
+    row = next(line for line in text.splitlines() if line.startswith("| lava - full |"))
+    assert "-50.0 [-50.0, -50.0] -" in row and row.endswith("0/0/8 |")
+    kl = tmp_path / "kl"
+    _write_run(kl, "snapkv", 64, {i: 0.4 for i in ids}, task="fidelity", score_name="kl", scale=1.0)
+    _write_run(kl, "lava", 64, {i: 0.3 for i in ids}, task="fidelity", score_name="kl", scale=1.0)
+    text = module.versus_tables([str(kl)], ["lava"], ["snapkv"])
+    assert "on each task's scale" in text
+    row = next(line for line in text.splitlines() if line.startswith("| lava - snapkv |"))
+    assert "-0.1 [-0.1, -0.1] +" in row and row.endswith("8/0/0 |")  # lower kl: lava leads
+    one = tmp_path / "one"
+    _write_run(one, "snapkv", 64, {"s0": 0.2}, task="ruler/fwe")
+    _write_run(one, "lava", 64, {"s0": 0.0}, task="ruler/fwe")
+    row = next(line for line in module.versus_tables([str(one)], ["lava"], ["snapkv"]).splitlines()
+               if line.startswith("| lava - snapkv |"))
+    assert "-20.0 (too few) ~" in row and "nan" not in row
+    ratio = _write_run(tmp_path / "r", "lava", None, {i: 0.0 for i in ids}, task="ruler/vt")
+    config = json.loads((ratio / "config.json").read_text())
+    config["method"]["compression_ratio"] = 0.5
+    (ratio / "config.json").write_text(json.dumps(config))
+    matrix = module.task_matrix([str(tmp_path / "r"), *(str(p) for p in tmp_path.glob("ruler-vt*"))], 64)
+    assert "| lava | 50.0 [50.0, 50.0] |" in matrix  # not the ratio run's 0.0
+    _write_run(tmp_path / "w4", "lava", 64, {i: 0.5 for i in ids}, task="ruler/vt", window=4)
+    with pytest.raises(SystemExit, match="--by-task: two finished runs of lava at budget 64"):
+        module.task_matrix([str(tmp_path)], 64)

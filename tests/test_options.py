@@ -46,7 +46,7 @@ def test_docs_options_table_names_every_option():
     every = {option for scorer, layers, heads in itertools.product(SCORERS, LAYER_ALLOCATIONS, HEAD_ALLOCATIONS)
              for _, _, option, _ in component_options(scorer, layers, heads)}
     assert every <= names, sorted(every - names)
-    assert set(MEANINGS) == every  # no note for an option that no longer exists
+    assert {key.rpartition(':')[2] for key in MEANINGS} == every  # no note for an option that no longer exists
 
 
 def test_python_describe_carries_the_notes():
@@ -57,3 +57,11 @@ def test_python_describe_carries_the_notes():
     notes = describe("lava")["notes"]
     assert "cap formula" in notes["floor"] and "default from lavakv" in notes["floor"]
     assert notes["value_norm_range"].endswith("(default from LAVa paper, Eq. 5)")
+
+
+def test_a_component_specific_meaning_wins():
+    """n_sink of expected attention also leaves the sinks out of the query statistics; StreamingLLM's only keeps."""
+    ea = {o.name: o for o in describe_options("expected-attention", "uniform", "uniform", {})}
+    streaming = {o.name: o for o in describe_options("streaming", "uniform", "uniform", {})}
+    assert "query statistics" in ea["n_sink"].meaning and "query statistics" not in streaming["n_sink"].meaning
+    assert ea["n_sink"].source != streaming["n_sink"].source

@@ -1,4 +1,4 @@
-"""Scorers (docs/methods.md) and the layer statistics (§3): shared checks for every scorer plus float64 references."""
+"""Scorers and the layer statistics (docs/methods.md): shared checks for every scorer plus float64 references."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """What every component option means and where its default comes from, for ``lavakv describe`` (docs/methods.md,
-"Options and their defaults", is the same table in prose).
+"Options and their defaults", documents the same options).
 
-An option belongs to one component: the scorer, the layer allocation or the head allocation. Its meaning is the same
-wherever it appears; its default's source can differ (``kernel_size`` is 7 in SnapKV's code, 5 in CAKE's).
+An option belongs to one component: the scorer, the layer allocation or the head allocation. Its meaning is mostly
+the same wherever it appears (``n_sink`` is not), and its default's source can differ (``kernel_size`` is 7 in
+SnapKV's code, 5 in CAKE's): both tables hold an entry under ``"*"`` and per-component exceptions.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from lavakv.allocation import HEAD_ALLOCATIONS, LAYER_ALLOCATIONS
 from lavakv.scorers import scorer_defaults
 
+# option -> what it does; "component:option" where one component's option differs
 MEANINGS: dict[str, str] = {
     "kernel_size": "odd width of the 1-D pooling of the window attention along the tokens; 1 turns pooling off",
     "pooling": '"max" (padding and border count as -inf) or "avg" (they count as 0, divided by the full kernel)',
@@ -28,6 +30,8 @@ MEANINGS: dict[str, str] = {
     "values": "multiply the expected attention by the entry's value norm",
     "statistics": 'queries the Gaussian query statistics come from: the whole "prompt" or the last w ("window")',
     "n_sink": "leading real tokens always kept (attention sinks); 0 turns this off",
+    "expected-attention:n_sink": "leading real tokens left out of the query statistics and the softmax, and always "
+                                 "kept with the layer's highest score; 0 turns this off",
     "query_block": "prompt queries processed at once (bounds memory; the result does not depend on it)",
     "seed": "seed of the CPU generator of the random scores",
     "beta": "slope of the pyramid: the last layer's target is (B - w) / beta (>= 1; 1 is uniform)",
@@ -42,9 +46,10 @@ MEANINGS: dict[str, str] = {
     "alpha": "Ada-KV's safeguard floor fraction in [0, 1): each KV head is guaranteed part of the layer budget; "
              "0 is the plain flattened top-k over the layer's heads (a head may keep only its window)",
     "floor": '"exact" (lavakv): every head keeps its top floor(alpha * B_l), the rest is the flattened top-k, '
-             'exactly H * B_l per layer and nested, so cascades are exact; "lava-reference" / "adakv-reference": the '
-             "LAVa / Ada-KV authors' cap formula (floor from B with / without the window), which holds a few "
-             "percent more than the budget",
+             'exactly H * B_l per layer and nested, so cascades are exact; "lava-reference": the LAVa authors\' cap '
+             "formula, its floor taken from B with the window, so the cache holds about alpha * w entries per head "
+             'more than the budget; "adakv-reference": the Ada-KV authors\' formula, floor from B - w, about the '
+             "budget; neither is nested",
 }
 
 # (component, option) -> where the default comes from; a component missing here takes the option's entry under "*"
@@ -65,12 +70,12 @@ SOURCES: dict[tuple[str, str], str] = {
     ("*", "statistics"): "kvpress ExpectedAttentionPress",
     ("expected-attention", "n_sink"): "kvpress ExpectedAttentionPress",
     ("streaming", "n_sink"): "StreamingLLM paper",
-    ("*", "query_block"): "lavakv (memory only)",
+    ("*", "query_block"): "lavakv",
     ("*", "seed"): "lavakv",
     ("*", "beta"): "KVCache-Factory code (PyramidKV)",
     ("*", "schedule"): "KVCache-Factory code (PyramidKVCluster)",
-    ("*", "tau1_inv"): "lavakv (CAKE tunes it per model and budget)",
-    ("*", "tau2_inv"): "lavakv (CAKE tunes it per model and budget)",
+    ("*", "tau1_inv"): "lavakv (CAKE tunes it per model and budget; its script falls back to 1.0)",
+    ("*", "tau2_inv"): "lavakv (CAKE tunes it per model and budget; its script falls back to 1.0)",
     ("*", "preference"): "CAKE code (calculate_entropy)",
     ("*", "rounding"): "CAKE code (adjust_budgets)",
     ("*", "alpha"): "LAVa paper, Algorithm 1 (the LAVa and Ada-KV authors' scripts run 0.2)",
@@ -105,9 +110,14 @@ def option_source(component: str, option: str) -> str:
     return SOURCES.get((component, option)) or SOURCES[("*", option)]
 
 
+def option_meaning(component: str, option: str) -> str:
+    """What ``option`` of ``component`` does (KeyError for an undocumented option)."""
+    return MEANINGS.get(f"{component}:{option}") or MEANINGS[option]
+
+
 def describe_options(scorer: str, layers: str, heads: str, values: dict[str, Any]) -> list[OptionInfo]:
     """Every option of a composition with its value (``values``, e.g. a method's resolved params), default,
     meaning and source."""
-    return [OptionInfo(f"{kind} {component}", option, values.get(option, default), default, MEANINGS[option],
-                       option_source(component, option))
+    return [OptionInfo(f"{kind} {component}", option, values.get(option, default), default,
+                       option_meaning(component, option), option_source(component, option))
             for kind, component, option, default in component_options(scorer, layers, heads)]

@@ -143,6 +143,9 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+METHOD_SETTINGS = ("decode_budget", "decode_interval", "chunk_size")  # per-method settings that are not options
+
+
 def cmd_describe(args: argparse.Namespace) -> int:
     """Print each method's components and every option with its value, default, meaning and source."""
     from lavakv.eval.specs import parse_method, split_methods
@@ -153,9 +156,14 @@ def cmd_describe(args: argparse.Namespace) -> int:
         if spec.name == "full":
             blocks.append("full: no compression; no components, no options")
             continue
-        resolved = method(spec.name, budget=10**9, window=1, **spec.params)  # refuses unknown options and values
+        params = dict(spec.params)
+        settings = {k: params.pop(k) for k in METHOD_SETTINGS if k in params}  # they need the run's budget
+        resolved = method(spec.name, budget=10**9, window=1, **params)  # refuses unknown options and values
         lines = [f"{spec.label}: scorer {resolved.scorer}, layer allocation {resolved.layers}, head allocation "
-                 f"{resolved.heads}; observation window w = {DEFAULT_WINDOW} unless set (--window, window=)"]
+                 f"{resolved.heads}; observation window w = {DEFAULT_WINDOW} by default (set per run: --window, or "
+                 "window= in Python)"]
+        lines += [f"  {k} = {v!r}  (method setting, checked against the run's budget when it runs)"
+                  for k, v in settings.items()]
         for option in describe_options(resolved.scorer, resolved.layers, resolved.heads, resolved.params):
             changed = "" if option.value == option.default else f", preset default {option.default!r}"
             lines.append(f"  {option.name} = {option.value!r}  ({option.component}{changed}; default from "

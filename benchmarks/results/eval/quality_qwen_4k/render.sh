@@ -26,33 +26,34 @@ PY
 echo "#### Entries kept against the nominal budget"
 echo
 "$python" - "$here" <<'PY'
-# per method and budget: mean over every record of kept entries / (L * H_kv * B), with L * H_kv from the full run's
-# record of the same sample (all its entries / its prompt tokens); 1 = exactly the budget
-import json, sys
+# per method and budget, over the finished runs: the mean over their records of kept entries / (L * H_kv * B), with
+# L * H_kv from the full run's record of the same sample (all its entries / the tokens it holds); 1 = the budget
+import sys
 from collections import defaultdict
-from pathlib import Path
-from lavakv.eval.report import method_label
+sys.path.insert(0, "benchmarks")
+from eval_tables import label_order
+from lavakv.eval.report import find_runs, load_run, method_label
 from lavakv.eval.runner import load_records
-ratios, per_entry = defaultdict(list), {}
-runs = [(json.loads((p / "config.json").read_text()), p) for p in Path(sys.argv[1]).iterdir()
-        if (p / "config.json").exists()]
-for config, path in runs:
-    if config["method"]["name"] == "full":
-        for r in load_records(path):
-            per_entry[(config["task"], r["id"])] = r["kept_entries"] / r["prompt_tokens"]
-for config, path in runs:
-    budget = config["method"].get("budget")
+runs = [run for run in map(load_run, find_runs([sys.argv[1]])) if run["metrics"] is not None]
+ratios, slots = defaultdict(list), {}
+for run in runs:
+    if run["config"]["method"]["name"] == "full":
+        for r in load_records(run["directory"]):
+            slots[(run["config"]["task"], r["id"])] = r["kept_entries"] / r["compressed_tokens"]
+for run in runs:
+    budget = run["config"]["method"].get("budget")
     if budget is None:
         continue
-    for r in load_records(path):
-        slots = per_entry.get((config["task"], r["id"]))
-        if slots:
-            ratios[(method_label(config), budget)].append(r["kept_entries"] / (slots * min(budget, r["prompt_tokens"])))
+    for r in load_records(run["directory"]):
+        per_token = slots.get((run["config"]["task"], r["id"]))
+        if per_token:
+            nominal = per_token * min(budget, r["compressed_tokens"])
+            ratios[(method_label(run["config"]), budget)].append(r["kept_entries"] / nominal)
 budgets = sorted({b for _, b in ratios})
-print("kept entries / (L * H_kv * B), mean over every recorded sample of every task (1.000 = the budget exactly)\n")
+print("kept entries / (L * H_kv * B), mean over every sample of the finished runs (1.000 = the budget exactly)\n")
 print("| method | " + " | ".join(f"B={b}" for b in budgets) + " |")
 print("|---" * (len(budgets) + 1) + "|")
-for label in sorted({m for m, _ in ratios}):
+for label in sorted({m for m, _ in ratios}, key=label_order):
     cells = [ratios.get((label, b)) for b in budgets]
     print(f"| {label} | " + " | ".join(f"{sum(c) / len(c):.3f}" if c else "-" for c in cells) + " |")
 print()
