@@ -64,12 +64,14 @@ def pivot(rows: list[dict], metric: str) -> str:
 
 def score_runs(dirs: list[str], option: str) -> dict[tuple, tuple[str, dict]]:
     """The finished runs under ``dirs`` (searched recursively) by (label, budget, task) -> (score name, sample id ->
-    score on the reported scale); ``full`` under budget None, a ratio run under ("ratio", r). Two runs with one key
-    (another window, model or task setting) -> SystemExit naming ``option``."""
+    score on the reported scale); ``full`` under budget None, a ratio run under ("ratio", r). Runs of several models
+    or query modes, or two runs with one key (another window or task setting) -> SystemExit naming ``option``."""
     by_key: dict[tuple, tuple[str, dict]] = {}
-    for run in map(load_run, find_runs(dirs)):
-        if run["metrics"] is None:
-            continue
+    runs = [run for run in map(load_run, find_runs(dirs)) if run["metrics"] is not None]
+    kinds = {(r["config"]["model"], r["config"]["query_mode"]) for r in runs}
+    if len(kinds) > 1:
+        raise SystemExit(f"{option}: the directories mix models / query modes {sorted(kinds)}; give one kind")
+    for run in runs:
         config = run["config"]
         method = config["method"]
         budget = method.get("budget") if method.get("budget") is not None else (
@@ -97,10 +99,6 @@ def task_matrix(dirs: list[str], budget: int) -> str:
     all tasks when there are others too) at one budget, full shown on every table. A cell is the task's score with
     its 95 % bootstrap interval over samples; a mean column is the unweighted mean of the tasks' means with the
     stratified interval (each task resampled on its own). Finished runs only."""
-    runs = [run for run in map(load_run, find_runs(dirs)) if run["metrics"] is not None]
-    kinds = {(r["config"]["model"], r["config"]["query_mode"]) for r in runs}
-    if len(kinds) > 1:
-        raise SystemExit(f"--by-task: the directories mix models / query modes {sorted(kinds)}; give one kind")
     by_key = score_runs(dirs, "--by-task")
     table: dict[str, dict] = defaultdict(dict)
     for label, _, task in by_key:

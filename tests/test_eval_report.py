@@ -611,3 +611,17 @@ def test_eval_tables_versus_full_fidelity_direction_and_too_few(tmp_path):
     _write_run(tmp_path / "w4", "lava", 64, {i: 0.5 for i in ids}, task="ruler/vt", window=4)
     with pytest.raises(SystemExit, match="--by-task: two finished runs of lava at budget 64"):
         module.task_matrix([str(tmp_path)], 64)
+
+
+def test_eval_tables_refuse_runs_of_two_models(tmp_path):
+    """--by-task and --versus pair runs by sample id: runs of another model would be paired silently."""
+    module = _eval_tables()
+    ids = _ids(4)
+    _write_run(tmp_path, "lava", 64, {i: 0.5 for i in ids}, task="ruler/vt")
+    other = _write_run(tmp_path / "b", "snapkv", 64, {i: 0.5 for i in ids}, task="ruler/vt")
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "model": "other"}))
+    for call in (lambda: module.task_matrix([str(tmp_path)], 64),
+                 lambda: module.versus_tables([str(tmp_path)], ["lava"], ["snapkv"])):
+        with pytest.raises(SystemExit, match="mix models / query modes"):
+            call()
