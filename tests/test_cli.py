@@ -45,15 +45,15 @@ def test_methods_lists_every_preset(capsys):
 def test_describe_explains_every_option_of_lava(capsys):
     """`lavakv describe lava` names the components and shows alpha, the floor convention, the value-norm range and
     the pooling with their values, meanings and sources; an option given in the label shows the preset default."""
-    assert cli.main(["describe", "lava", "lava[alpha=0.2,floor=lava-reference]", "full"]) == 0
+    assert cli.main(["describe", "lava", "lava[alpha=0.1,floor=lava-reference]", "full"]) == 0
     out = capsys.readouterr().out
     first, second, full = out.split("\n\n")[:3]
     assert first.startswith("lava: scorer lava, layer allocation lava, head allocation adaptive")
-    for line in ("  alpha = 0.0  (heads adaptive; default from LAVa paper", "  floor = 'exact'  (heads adaptive;",
-                 "  value_norm_range = 'all'  (scorer lava;", "  pooling = 'max'  (scorer lava;",
-                 "  kernel_size = 7  (scorer lava;"):
+    for line in ("  alpha = 0.2  (heads adaptive; default from the LAVa and Ada-KV authors' scripts",
+                 "  floor = 'exact'  (heads adaptive;", "  value_norm_range = 'all'  (scorer lava;",
+                 "  pooling = 'max'  (scorer lava;", "  kernel_size = 7  (scorer lava;"):
         assert line in first
-    assert "  alpha = 0.2  (heads adaptive, preset default 0.0;" in second
+    assert "  alpha = 0.1  (heads adaptive, preset default 0.2;" in second
     assert "  floor = 'lava-reference'  (heads adaptive, preset default 'exact';" in second
     assert "cap formula" in second  # the floor's meaning says which form is the authors'
     assert full.startswith("full: no compression")

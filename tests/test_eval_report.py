@@ -362,7 +362,7 @@ def test_report_against_end_to_end_on_tiny_runs(tiny, tmp_path, capsys):
 
 
 # -- per-method options in --methods ----------------------------------------------------------------------------------
-LABELLED = "full,lava,lava[alpha=0.2],lava[ floor=lava-reference, alpha=0.20 ],snapkv[kernel_size=5]"
+LABELLED = "full,lava,lava[alpha=0.0],lava[ floor=lava-reference, alpha=0.20 ],snapkv[kernel_size=5]"
 
 
 def test_methods_with_options_are_labelled_in_directories_configs_reports_and_plots(tiny, tmp_path, capsys,
@@ -378,7 +378,7 @@ def test_methods_with_options_are_labelled_in_directories_configs_reports_and_pl
     assert "9 run(s) finished" in printed
     names = sorted(p.name.rsplit("__", 1)[0] for p in out.iterdir() if p.is_dir())
     assert names == sorted(f"needle__smollm2-135m__{label}__query-aware" for label in [
-        "full", "lava-b40", "lava-b80", "lava+alpha=0.2-b40", "lava+alpha=0.2-b80",
+        "full", "lava-b40", "lava-b80", "lava+alpha=0-b40", "lava+alpha=0-b80",
         "lava+alpha=0.2+floor=lava-reference-b40", "lava+alpha=0.2+floor=lava-reference-b80",
         "snapkv+kernel_size=5-b40", "snapkv+kernel_size=5-b80"])
     labelled = next(p for p in out.iterdir() if "+floor=" in p.name and p.name.count("-b80"))
@@ -393,7 +393,7 @@ def test_methods_with_options_are_labelled_in_directories_configs_reports_and_pl
         assert shown.count(row) == 1  # the eval's own table names them apart
 
     # a rerun skips every run; the same entries written differently are the same runs
-    argv[argv.index(LABELLED)] = "lava[alpha=0.20],full,snapkv[kernel_size=5],lava,lava[alpha=.2,floor=lava-reference]"
+    argv[argv.index(LABELLED)] = "lava[alpha=0],full,snapkv[kernel_size=5],lava,lava[alpha=.2,floor=lava-reference]"
     assert _run(argv) == 0
     assert "0 run(s) finished, 9 skipped" in capsys.readouterr().out
 
@@ -404,32 +404,32 @@ def test_methods_with_options_are_labelled_in_directories_configs_reports_and_pl
         return path
 
     monkeypatch.setattr(report_module, "plot_lines", capture)
-    assert _run(["report", str(out), "--against", "lava[ alpha=0.20 ]", "--resamples", "500"]) == 0
+    assert _run(["report", str(out), "--against", "lava[ alpha=0.00 ]", "--resamples", "500"]) == 0
     printed = capsys.readouterr().out
     table_rows = [re.split(r"\s{2,}", line) for line in printed.split("\n\n")[0].splitlines()[2:]]
     assert sorted((row[3], row[4]) for row in table_rows) == sorted(
-        [("full", "-")] + [(m, b) for m in ("lava", "lava[alpha=0.2]", "lava[alpha=0.2,floor=lava-reference]",
+        [("full", "-")] + [(m, b) for m in ("lava", "lava[alpha=0]", "lava[alpha=0.2,floor=lava-reference]",
                                             "snapkv[kernel_size=5]") for b in ("40", "80")])
     rows = _comparisons(printed)
     compared = {(m, b) for m, b, metric in rows if metric == "exact"}
     assert compared == {("full", "-"), ("lava", "40"), ("lava", "80"), ("lava[alpha=0.2,floor=lava-reference]", "40"),
                         ("lava[alpha=0.2,floor=lava-reference]", "80"), ("snapkv[kernel_size=5]", "40"),
                         ("snapkv[kernel_size=5]", "80")}
-    assert rows[("lava", "80", "exact")]["against"] == "lava[alpha=0.2]-b80"
-    assert "Paired against lava[alpha=0.2]:" in printed
+    assert rows[("lava", "80", "exact")]["against"] == "lava[alpha=0]-b80"
+    assert "Paired against lava[alpha=0]:" in printed
     metric_rows = _section(printed, "Every metric")
-    assert {row[3] for row in metric_rows[2:]} == {"full", "lava", "lava[alpha=0.2]",
+    assert {row[3] for row in metric_rows[2:]} == {"full", "lava", "lava[alpha=0]",
                                                   "lava[alpha=0.2,floor=lava-reference]", "snapkv[kernel_size=5]"}
     series = drawn["needle__smollm2-135m__query-aware__score_vs_budget.png"]
-    assert set(series) == {"lava", "lava[alpha=0.2]", "lava[alpha=0.2,floor=lava-reference]",
+    assert set(series) == {"lava", "lava[alpha=0]", "lava[alpha=0.2,floor=lava-reference]",
                            "snapkv[kernel_size=5]"}
     heatmaps = sorted(p.name for p in (out / "plots").iterdir())
-    assert "needle__smollm2-135m__query-aware__lava+alpha=0.2-b40__heatmap.png" in heatmaps
+    assert "needle__smollm2-135m__query-aware__lava+alpha=0-b40__heatmap.png" in heatmaps
     assert "needle__smollm2-135m__query-aware__lava-b40__heatmap.png" in heatmaps
 
     with pytest.raises(ValueError, match=r"--against lava\[alpha=0.5\]: no finished run of method 'lava\[alpha=0.5\]'"
                                          r"; methods here: full, lava, lava\[alpha=0.2,floor=lava-reference\], "
-                                         r"lava\[alpha=0.2\], snapkv\[kernel_size=5\]$"):
+                                         r"lava\[alpha=0\], snapkv\[kernel_size=5\]$"):
         _run(["report", str(out), "--against", "lava[alpha=0.5]"])
     with pytest.raises(ValueError, match=r"--against: 'lava\[alpha=0.2': the '\[' is not closed"):
         _run(["report", str(out), "--against", "lava[alpha=0.2"])

@@ -328,7 +328,7 @@ def test_runs_with_options_resume_and_plain_presets_keep_their_directory_names(t
     from lavakv.eval.runner import run_config, run_directory
 
     model, tokenizer = tiny_eval_pair()
-    methods = ["full", "lava", "lava[alpha=0.2]", "ada-snapkv[alpha=0.5,floor=adakv-reference]"]
+    methods = ["full", "lava", "lava[alpha=0]", "ada-snapkv[alpha=0.5,floor=adakv-reference]"]
     config = _config(tmp_path, methods=methods, budgets=[40], depths=[0.0, 0.5, 1.0])
     real = runner_module.evaluate_sample
     calls: list[int] = []
@@ -343,7 +343,7 @@ def test_runs_with_options_resume_and_plain_presets_keep_their_directory_names(t
     with pytest.raises(KeyboardInterrupt):
         run_eval(model, tokenizer, config, model_id="tiny", progress=False)
     before = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert len(before) == 4 and any("__lava+alpha=0.2-b40__" in name for name in before)
+    assert len(before) == 4 and any("__lava+alpha=0-b40__" in name for name in before)
     resumed: list[str] = []
 
     def count(model, tokenizer, session, task, sample, methods, agnostic):
@@ -358,7 +358,7 @@ def test_runs_with_options_resume_and_plain_presets_keep_their_directory_names(t
     fresh = run_eval(model, tokenizer, _config(tmp_path / "fresh", methods=methods, budgets=[40],
                                                 depths=[0.0, 0.5, 1.0]), model_id="tiny", progress=False)
     by_label = {r.label: r for r in results}
-    assert set(by_label) == {"full", "lava-b40", "lava[alpha=0.2]-b40",
+    assert set(by_label) == {"full", "lava-b40", "lava[alpha=0]-b40",
                              "ada-snapkv[alpha=0.5,floor=adakv-reference]-b40"}
     for b in fresh:
         a = by_label[b.label]
@@ -399,6 +399,34 @@ def test_method_fields_added_later_change_the_directory_only_when_used(tmp_path)
     assert run_directory(tmp_path, used) != run_directory(tmp_path, before)
     other = {**now, "method": {**now["method"], "params": {"alpha": 0.2}}}
     assert run_directory(tmp_path, other) != run_directory(tmp_path, before)
+
+
+def test_a_label_that_would_name_another_configuration_is_refused_before_any_work(tmp_path, monkeypatch):
+    """A run made when a default was different (here: lava's alpha, rewritten in its config.json) keeps its label;
+    a new run whose label is the same but whose method differs is refused, naming the setting, before any sample
+    is computed; the same label with the same method resumes, and a pinned label writes its own runs."""
+    model, tokenizer = tiny_eval_pair()
+    run_eval(model, tokenizer, _config(tmp_path, methods=["lava"], budgets=[40]), model_id="tiny", progress=False)
+    (old,) = [p for p in (tmp_path / "out").iterdir() if p.is_dir()]
+    config = json.loads((old / "config.json").read_text())
+    config["method"]["params"]["alpha"] = 0.0  # as written before the default became 0.2
+    (old / "config.json").write_text(json.dumps(config))
+    old.rename(old.parent / (old.name.rsplit("__", 1)[0] + "__0123456789"))
+    computed: list[str] = []
+    monkeypatch.setattr(runner_module, "evaluate_sample", lambda *args, **kwargs: computed.append("x"))
+    with pytest.raises(ValueError, match=r"label 'lava-b40' but another configuration of the method "
+                                         r"\(params.alpha: 0.0 there, 0.2 now\).*'lava\[alpha=0\]'"):
+        run_eval(model, tokenizer, _config(tmp_path, methods=["lava"], budgets=[40, 80]), model_id="tiny",
+                 progress=False)
+    assert computed == [] and len(list((tmp_path / "out").iterdir())) == 1  # nothing written, b80 included
+    monkeypatch.undo()
+    results = run_eval(model, tokenizer, _config(tmp_path, methods=["lava[alpha=0]"], budgets=[40]),
+                       model_id="tiny", progress=False)
+    assert [r.status for r in results] == ["finished"] and "lava+alpha=0-b40" in results[0].directory.name
+    with pytest.raises(ValueError, match="another --window"):  # the window is part of the method too
+        run_eval(model, tokenizer, EvalConfig(task="needle", methods=["lava[alpha=0]"], budgets=[40], window=4,
+                                              out=tmp_path / "out", options=_config(tmp_path).options),
+                 model_id="tiny", progress=False)
 
 
 @pytest.mark.parametrize("agnostic", [False, True])

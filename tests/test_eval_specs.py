@@ -8,7 +8,7 @@ from lavakv.eval import EvalConfig, plan_runs
 from lavakv.eval import specs as specs_module
 from lavakv.eval.specs import label_slug, normalise_label, parse_method, split_methods
 
-SWEEP = "full,lava,lava[alpha=0.2],lava[alpha=0.2,floor=lava-reference],ada-snapkv[alpha=0.1]"
+SWEEP = "full,lava,lava[alpha=0],lava[alpha=0.2,floor=lava-reference],ada-snapkv[alpha=0.1]"
 
 
 def _plan(methods: str, budgets=(64, 128), ratios=()):
@@ -17,7 +17,7 @@ def _plan(methods: str, budgets=(64, 128), ratios=()):
 
 
 def test_split_respects_brackets_and_drops_spaces():
-    assert split_methods(SWEEP) == ["full", "lava", "lava[alpha=0.2]", "lava[alpha=0.2,floor=lava-reference]",
+    assert split_methods(SWEEP) == ["full", "lava", "lava[alpha=0]", "lava[alpha=0.2,floor=lava-reference]",
                                     "ada-snapkv[alpha=0.1]"]
     assert split_methods(" lava [ alpha=0.2 , floor=exact ] , snapkv ") == ["lava [ alpha=0.2 , floor=exact ]",
                                                                               "snapkv"]
@@ -49,7 +49,7 @@ def test_each_entry_runs_at_every_budget_with_its_label():
     runs = _plan(SWEEP, ratios=(0.5,))
     labels = [r.label for r in runs]
     assert labels[:4] == ["full", "lava-b64", "lava-b128", "lava-r0.5"]
-    assert "lava[alpha=0.2]-b64" in labels and "lava[alpha=0.2,floor=lava-reference]-r0.5" in labels
+    assert "lava[alpha=0]-b64" in labels and "lava[alpha=0.2,floor=lava-reference]-r0.5" in labels
     by_label = {r.label: r for r in runs}
     method = by_label["lava[alpha=0.2,floor=lava-reference]-b128"].method
     assert method.name == "lava" and method.budget == 128 and method.window == 8

@@ -41,7 +41,7 @@ DEFAULTS = {
     "lava": {"kernel_size": 7, "pooling": "max", "value_norm_range": "all"},
     "pyramid": {"beta": 20.0, "schedule": "reference"},
     "cake-layers": {"tau1_inv": 0.5, "tau2_inv": 0.5, "preference": "reference", "rounding": "reference"},
-    "adaptive": {"alpha": 0.0, "floor": "exact"},
+    "adaptive": {"alpha": 0.2, "floor": "exact"},
     "expected-attention": {"horizon": 512, "values": True},
     "kvzip": {"query_block": 256},
 }

@@ -78,7 +78,7 @@ SOURCES: dict[tuple[str, str], str] = {
     ("*", "tau2_inv"): "lavakv (CAKE tunes it per model and budget; its script falls back to 1.0)",
     ("*", "preference"): "CAKE code (calculate_entropy)",
     ("*", "rounding"): "CAKE code (adjust_budgets)",
-    ("*", "alpha"): "LAVa paper, Algorithm 1 (the LAVa and Ada-KV authors' scripts run 0.2)",
+    ("*", "alpha"): "the LAVa and Ada-KV authors' scripts and code (the LAVa paper's Algorithm 1 is alpha = 0)",
     ("*", "floor"): "lavakv",
 }
 

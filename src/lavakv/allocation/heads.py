@@ -112,12 +112,14 @@ class AdaptiveHeads:
     """Head allocation "adaptive" (Ada-KV / LAVa): a flattened top-k over the layer's heads, with a floor.
 
     Attributes:
-        alpha: floor fraction in [0, 1) (Ada-KV's safeguard); 0 = the paper's plain flattened top-k.
+        alpha: floor fraction in [0, 1) (Ada-KV's safeguard). Default 0.2, the value the LAVa and Ada-KV authors'
+            scripts run (measured level with 0 on the packaged models: benchmarks/RESULTS-eval.md); 0 = the plain
+            flattened top-k of the LAVa paper's Algorithm 1.
         floor: how the floor is applied: "exact" (lavakv: budget-exact and nested, cascades exact),
             "lava-reference" or "adakv-reference" (the authors' cap formula; see :func:`adaptive_heads`).
     """
 
-    alpha: float = 0.0
+    alpha: float = 0.2
     floor: str = "exact"
 
     def __post_init__(self) -> None:

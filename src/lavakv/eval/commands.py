@@ -235,7 +235,7 @@ def add_subcommands(subparsers, parents: Sequence[argparse.ArgumentParser] = ())
                         "several joined with + (e.g. needle+ruler)")
     p.add_argument("--methods", default=DEFAULT_METHODS,
                    help="comma-separated presets, see `lavakv methods`, each optionally with options in brackets "
-                        "that override the preset's defaults, e.g. 'full,lava,lava[alpha=0.2],ada-snapkv[alpha=0.1,"
+                        "that override the preset's defaults, e.g. 'full,lava,lava[alpha=0],ada-snapkv[alpha=0.1,"
                         "floor=exact]' (quote it for the shell); each entry is named by its label, the entry as "
                         "written with options sorted, in result directories and reports (default: %(default)s)")
     p.add_argument("--budgets", default=None,

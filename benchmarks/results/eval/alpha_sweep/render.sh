@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Print the tables of the alpha sweep for benchmarks/RESULTS-eval.md, from the run directories (nothing typed in):
+# Print the tables of the fidelity runs of #12 (alpha sweep, value-norm range and the quality run's methods) for
+# benchmarks/RESULTS-eval.md, from the run directories (nothing typed in):
 #   bash benchmarks/results/eval/alpha_sweep/render.sh > tables.md      (from the repository root)
 # Per model: the mean tables of the runs with the most samples (benchmarks/eval_tables.py), then the paired
 # differences against lava[alpha=0], ada-snapkv[alpha=0] and lava[alpha=0.2] (eval_tables.py --against) over every
-# finished run, each cell over the samples both runs have (pairs per cell says how many).
+# finished run, each cell over the samples both runs have (pairs per cell says how many); once the baselines ran,
+# paired KL grids of lava[alpha=0.2] against them and of the LAVa variants against lava[alpha=0] (--versus).
 set -eu
 here=${1:-benchmarks/results/eval/alpha_sweep}
 python=${PYTHON:-.venv/bin/python}
@@ -39,4 +41,13 @@ PY
     for reference in 'lava[alpha=0]' 'ada-snapkv[alpha=0]' 'lava[alpha=0.2]'; do
         "$python" benchmarks/eval_tables.py --against "$reference" "$dir"
     done
+    if [ -n "$(ls -d "$dir"fidelity__*__snapkv-b*/ 2>/dev/null)" ]; then  # the quality run's methods, once they ran
+        echo "##### LAVa (alpha 0.2, the default) against the baselines, and the LAVa variants against lava[alpha=0]"
+        echo
+        "$python" benchmarks/eval_tables.py --versus 'lava[alpha=0.2]' \
+            'snapkv;ada-snapkv[alpha=0.2];cake;pyramidkv;streamingllm' "$dir"
+        "$python" benchmarks/eval_tables.py --versus \
+            'lava-uniform-layer[alpha=0];lava-uniform-head;lava[alpha=0.2,floor=lava-reference,value_norm_range=prefix]' \
+            'lava[alpha=0]' "$dir"
+    fi
 done

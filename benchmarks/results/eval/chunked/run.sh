@@ -4,6 +4,10 @@
 # e.g. MODEL=qwen2.5-coder-1.5b LENGTH=16000). BUDGET (default 256) is the final budget per head of every method.
 # DEPTHS (default 0,0.25,0.5,0.75,1) are the needle depths. Resumable: rerun with a larger --samples to extend
 # every run; runs at another BUDGET land beside the others. RANK/WORLD_SIZE split the samples over processes.
+# The runs recorded here were made while the adaptive-head floor defaulted to alpha = 0 (each config.json says so);
+# since #12 it is 0.2, so `lavakv eval` refuses to add runs under the same plain labels here. To extend these runs
+# pin the old value in every adaptive entry (lava[alpha=0], ...), which writes new run directories, or use another
+# --out for runs with today's defaults.
 set -euo pipefail
 cd "$(dirname "$0")/../../../.."
 MODEL=${MODEL:-smollm2-135m}
