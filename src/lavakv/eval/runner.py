@@ -51,6 +51,7 @@ from typing import Any
 
 import torch
 
+from lavakv.eval.distinct import refuse_relabelled
 from lavakv.eval.filling import decode_caches, fill_caches
 from lavakv.eval.provenance import collect, now
 from lavakv.eval.specs import label_slug, parse_method, slug
@@ -269,35 +270,6 @@ def run_directory(out: Path, resolved: dict[str, Any]) -> Path:
     name = "__".join([slug(resolved["task"]), slug(resolved["model"]), label_slug(resolved["label"]),
                       resolved["query_mode"], digest])
     return out / name
-
-
-def _method_fields(method: dict[str, Any]) -> dict[str, Any]:
-    """A run's resolved method flattened to ``{"window": 32, "params.alpha": 0.2, ...}``, fields that are off
-    (None) left out, so runs written before a field existed compare equal while it is unused."""
-    flat = {f"params.{k}": v for k, v in (method.get("params") or {}).items()}
-    flat |= {k: v for k, v in method.items() if k != "params"}
-    return {k: v for k, v in flat.items() if v is not None}
-
-
-def refuse_relabelled(directory: Path, resolved: dict[str, Any]) -> None:
-    """Refuse a new run directory whose label a run of the same task, model and query mode in the same ``--out``
-    already carries with another configuration of the method (a default changed since that run was made, or
-    another ``--window``): the tables, ``--against`` and the plots would show two different methods under one
-    label. Raises ValueError naming both settings and the fix."""
-    prefix = directory.name.rsplit("__", 1)[0] + "__"
-    ours = _method_fields(resolved["method"])
-    for other in sorted(directory.parent.iterdir()) if directory.parent.is_dir() else []:
-        if other == directory or not other.name.startswith(prefix) or not (other / CONFIG).is_file():
-            continue
-        theirs = _method_fields(json.loads((other / CONFIG).read_text()).get("method") or {})
-        changed = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
-        if changed:
-            what = "; ".join(f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} now" for k in changed)
-            raise ValueError(f"{directory.parent}: run {other.name} already has the label {resolved['label']!r} "
-                             f"but another configuration of the method ({what}), so one label would name two "
-                             "methods (a default changed since that run, or another --window). To keep both, "
-                             "pin the setting in the --methods entry (e.g. 'lava[alpha=0]'), which gives the "
-                             "new runs their own label; or write to another --out.")
 
 
 def damaged_file(path: Path, problem: str) -> ValueError:
