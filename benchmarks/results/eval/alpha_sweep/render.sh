@@ -41,6 +41,22 @@ PY
     for reference in 'lava[alpha=0]' 'ada-snapkv[alpha=0]' 'lava[alpha=0.2]'; do
         "$python" benchmarks/eval_tables.py --against "$reference" "$dir"
     done
+    "$python" - "$dir" <<'PY'
+# value_norm_range: the largest change of one sample's KL, prefix against all, at alpha 0 and 0.2 over the budgets
+import sys
+from lavakv.eval.report import find_runs, load_run, method_label
+from lavakv.eval.runner import load_records
+kl = {}
+for run in map(load_run, find_runs([sys.argv[1]])):
+    kl[(method_label(run["config"]), run["config"]["method"]["budget"])] = {
+        r["id"]: r["scores"]["kl"] for r in load_records(run["directory"])}
+changes = [abs(prefix[i] - plain[i]) / plain[i]
+           for (label, budget), plain in kl.items() if label in ("lava[alpha=0]", "lava[alpha=0.2]")
+           for prefix in [kl.get((label[:-1] + ",value_norm_range=prefix]", budget), {})] for i in prefix]
+if changes:
+    print(f"value_norm_range=prefix against all (lava, alpha 0 and 0.2, every budget): one sample's KL changes by at "
+          f"most {100 * max(changes):.2f} % ({len(changes)} pairs).\n")
+PY
     if [ -n "$(ls -d "$dir"fidelity__*__snapkv-b*/ 2>/dev/null)" ]; then  # the quality run's methods, once they ran
         echo "##### LAVa (alpha 0.2, the default) against the baselines, and the LAVa variants against lava[alpha=0]"
         echo
